@@ -1,0 +1,1 @@
+"""Engines: where offsets, history and presence live (spec 08 §8)."""

@@ -1,0 +1,51 @@
+"""The engine interface the node codes against (memory now; the bus and Redis later).
+
+Every method is a coroutine so an engine may do I/O. The memory engine never
+suspends, which is what makes "read the stream top, then register in the hub"
+atomic inside one worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..channels import ChannelOptions
+
+
+@dataclass(slots=True)
+class Publication:
+    """A sequenced publication: data is compact raw JSON; offset 0 = not in history."""
+
+    data: bytes
+    offset: int = 0
+    tags: dict[str, str] | None = None
+
+
+class EngineHandler(Protocol):
+    """Implemented by the node: what an engine calls when a publication is to be delivered."""
+
+    def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None: ...
+
+
+class Engine(Protocol):
+    async def publish(self, channel: str, data: bytes, opts: ChannelOptions, *,
+                      skip_history: bool = False, tags: dict[str, str] | None = None) -> tuple[int, str]:
+        """Sequence (when history is on), store and broadcast; returns (offset, epoch)."""
+
+    async def stream_top(self, channel: str) -> tuple[int, str]:
+        """(top offset, epoch) of the channel's stream, creating the stream if needed."""
+
+    async def history(self, channel: str, *, since: tuple[int, str] | None, limit: int,
+                      reverse: bool) -> tuple[list[Publication], int, str]:
+        """Retained publications selected as spec 06 §4.9 says, plus (top, epoch)."""
+
+    async def remove_history(self, channel: str) -> None: ...
+
+    async def add_presence(self, channel: str, client: str, info: dict) -> None: ...
+
+    async def remove_presence(self, channel: str, client: str) -> None: ...
+
+    async def presence(self, channel: str) -> dict[str, dict]: ...
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]: ...

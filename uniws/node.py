@@ -1,0 +1,629 @@
+"""The per-worker core: connections, server-side subscriptions, the publish pipeline, the API.
+
+One Node per worker process holds all of that worker's state (no module
+globals). It is driven by three edges: `Conn` callbacks from picows
+(conn_open / conn_message / conn_lost ...), the HTTP API (publish, subscribe,
+...), and the engine (`handle_publication`). Output always goes through the
+Cython `Fanout`, which coalesces frames per client per loop turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Iterable
+
+import orjson
+
+from . import __version__, codec
+from ._fastpath import CLOSED, CONNECTED, CONNECTING, Conn, Fanout, PingWheel, pub_frame
+from .auth import Credentials, TokenError, TokenVerifier
+from .channels import ChannelOptions, ChannelRules
+from .engine.base import Publication
+from .engine.memory import MemoryEngine
+from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_LIMIT, EXPIRED, FORCE_DISCONNECT, INTERNAL,
+                     INVALID_TOKEN, SHUTDOWN, SLOW, STALE, SUB_EXPIRED, ApiError, Disconnect)
+from .globmatch import compile_glob
+from .protocol import ConnectRequest, ConnectRequestError, SubHint, parse_connect_request
+
+log = logging.getLogger("uniws.node")
+
+_STALE, _EXPIRE, _SUB_EXPIRE = 0, 1, 2
+
+
+@dataclass(slots=True)
+class Subscription:
+    """One server-side subscription of a connection: effective options and channel info."""
+
+    presence: bool = False
+    join_leave: bool = False
+    recover: bool = False
+    position: bool = False
+    chan_info: bytes | None = None
+    data: bytes | None = None
+    expire_at: int = 0
+
+
+def _override(value: bool | None, default: bool) -> bool:
+    return default if value is None else value
+
+
+class Node:
+    def __init__(self, cfg, loop: asyncio.AbstractEventLoop) -> None:
+        self.cfg = cfg
+        self.loop = loop
+        self.rules = ChannelRules.from_config(cfg)
+        self.verifier = TokenVerifier.from_config(cfg)
+        self.engine = MemoryEngine(self, history_meta_ttl=cfg.history_meta_ttl)
+        self.fanout = Fanout(loop, cfg.client_queue_max_size, self._close_slow)
+        self.uid = str(uuid.uuid4())
+        self.name = cfg.name or f"{socket.gethostname()}_{cfg.port}"
+        self.version = __version__
+        self.started = time.time()
+        self.shutting_down = False
+        self.conns: dict[str, Conn] = {}                 # every open connection by client id
+        self.users: dict[str, dict[Conn, None]] = {}     # connected users
+        self.hub: dict[str, dict[Conn, None]] = {}       # channel -> v1 subscribers
+        self.hub_v2: dict[str, dict[Conn, None]] = {}    # channel -> v2 subscribers
+        self._deadlines: list[tuple[float, int, str, int]] = []
+        self._seq = 0
+        self._tasks: set[asyncio.Task] = set()
+        ping = cfg.uni_websocket_ping_interval
+        self.ping_interval = ping if ping > 0 else 0.0
+        self.tick = min(1.0, self.ping_interval) if self.ping_interval else 1.0
+        nslots = max(1, round(self.ping_interval / self.tick)) if self.ping_interval else 1
+        # Read deadline 10/9 of the interval (01 §6.1), plus one tick: peers are visited per tick.
+        self.wheel = PingWheel(self.fanout, nslots, self.ping_interval * 10 / 9 + self.tick)
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- periodic work ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._timer = self.loop.call_later(self.tick, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self._timer = self.loop.call_later(self.tick, self._on_tick)
+        try:
+            if self.ping_interval:
+                self.wheel.tick()
+                dead, self.wheel.dead = self.wheel.dead, []
+                for conn in dead:
+                    log.info("closing client %s: no pong within the read deadline", conn.client_id)
+                    self._close_silently(conn)
+            self._run_deadlines(time.time())
+            self.engine.sweep()
+        except Exception:
+            log.exception("periodic tick failed")
+
+    def _schedule(self, when: float, conn: Conn, kind: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._deadlines, (when, self._seq, conn.client_id, kind))
+
+    def _run_deadlines(self, now: float) -> None:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, client_id, kind = heapq.heappop(heap)
+            conn = self.conns.get(client_id)
+            if conn is None or conn.close_reason is not None:
+                continue
+            if kind == _STALE:
+                if conn.state == CONNECTING:
+                    self.disconnect_conn(conn, STALE)
+            elif kind == _EXPIRE:
+                self._check_expiry(conn, now)
+            else:
+                self._check_sub_expiry(conn, now)
+
+    def _check_expiry(self, conn: Conn, now: float) -> None:
+        if conn.expire_at <= 0:
+            return
+        due = conn.expire_at + self.cfg.client_expired_close_delay
+        if now >= due:
+            self.disconnect_conn(conn, EXPIRED)
+        else:
+            self._schedule(due, conn, _EXPIRE)
+
+    def _check_sub_expiry(self, conn: Conn, now: float) -> None:
+        delay = self.cfg.client_expired_sub_close_delay
+        for sub in conn.channels.values():
+            if sub.expire_at and now > sub.expire_at + delay:
+                self.disconnect_conn(conn, SUB_EXPIRED)
+                return
+
+    # -- connection events from Conn (picows) ------------------------------------------------
+
+    def new_conn(self, v2: bool, connect_request: ConnectRequest | None) -> Conn:
+        conn = Conn()
+        conn.node = self
+        conn.v2 = v2
+        conn.size_limit = self.cfg.uni_websocket_message_size_limit
+        conn.connect_request = connect_request
+        conn.client_id = str(uuid.uuid4())
+        conn.channels = {}
+        return conn
+
+    def conn_open(self, conn: Conn) -> None:
+        if self.shutting_down:
+            conn.close_transport(False)
+            return
+        self.conns[conn.client_id] = conn
+        if self.ping_interval:
+            self.wheel.add(conn)
+        if conn.connect_request is not None:
+            self._start_connect(conn, conn.connect_request)
+            conn.connect_request = None
+        else:
+            self._schedule(time.time() + self.cfg.client_stale_close_delay, conn, _STALE)
+
+    def conn_message(self, conn: Conn, payload: bytes) -> None:
+        if conn.state != CONNECTING or conn.close_reason is not None:
+            return
+        try:
+            request = parse_connect_request(payload)
+        except ConnectRequestError as exc:
+            log.info("closing client %s: bad connect request (%s)", conn.client_id, exc)
+            self._close_silently(conn)
+            return
+        self._start_connect(conn, request)
+
+    def conn_close_frame(self, conn: Conn, code: int | None) -> None:
+        """The client sent a close frame: echo its code with an empty reason, close TCP (01 §8.2)."""
+        frame = b"\x88\x00" if code is None else b"\x88\x02" + int(code).to_bytes(2, "big")
+        self._close_with_frame(conn, frame)
+
+    def conn_too_big(self, conn: Conn) -> None:
+        log.info("closing client %s: message over uni_websocket_message_size_limit", conn.client_id)
+        self._close_with_frame(conn, b"\x88\x02\x03\xf1")   # 1009, empty reason
+
+    def conn_lost(self, conn: Conn) -> None:
+        try:
+            self._forget(conn)
+        except Exception:
+            log.exception("cleanup of client %s failed", conn.client_id)
+
+    def _close_with_frame(self, conn: Conn, frame: bytes) -> None:
+        if conn.close_reason is not None or conn.state == CLOSED:
+            return
+        conn.close_reason = Disconnect(3000, "connection closed", True)
+        self._unsubscribe_all(conn)
+        conn.write_now(frame)
+        conn.close_transport(True)
+
+    def _close_silently(self, conn: Conn) -> None:
+        if conn.close_reason is not None or conn.state == CLOSED:
+            return
+        conn.close_reason = Disconnect(3000, "connection closed", True)
+        self._unsubscribe_all(conn)
+        conn.close_transport(True)
+
+    def disconnect_conn(self, conn: Conn, reason: Disconnect) -> None:
+        """Server-side termination (01 §8.1): leave channels, Disconnect push, TCP close."""
+        if conn.close_reason is not None or conn.state == CLOSED:
+            return
+        conn.close_reason = reason
+        self._unsubscribe_all(conn)
+        if reason.code != 3000:
+            push = codec.disconnect_push(conn.v2, reason.code, reason.reason, reason.reconnect)
+            conn.write_now(codec.frame_text(push))
+        conn.close_transport(True)
+
+    def _close_slow(self) -> None:
+        slow, self.fanout.slow = self.fanout.slow, []
+        for conn in slow:
+            if conn.close_reason is None and conn.state != CLOSED:
+                log.info("closing client %s: %d bytes queued exceed client_queue_max_size",
+                         conn.client_id, conn.queued)
+                self.disconnect_conn(conn, SLOW)
+
+    def _forget(self, conn: Conn) -> None:
+        """Drop every reference to a closed connection (idempotent)."""
+        self.conns.pop(conn.client_id, None)
+        self._unsubscribe_all(conn)
+        if conn.user is not None:
+            conns = self.users.get(conn.user)
+            if conns is not None:
+                conns.pop(conn, None)
+                if not conns:
+                    del self.users[conn.user]
+
+    # -- connect (spec 05 §5) ----------------------------------------------------------------
+
+    def _start_connect(self, conn: Conn, request: ConnectRequest) -> None:
+        task = self.loop.create_task(self._connect(conn, request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, conn: Conn, request: ConnectRequest) -> None:
+        try:
+            await self._do_connect(conn, request)
+        except Disconnect as reason:
+            log.info("connect of client %s rejected: %d %s", conn.client_id, reason.code, reason.reason)
+            self.disconnect_conn(conn, reason)
+        except Exception:
+            log.exception("connect of client %s failed", conn.client_id)
+            self.disconnect_conn(conn, INTERNAL)
+
+    def _credentials(self, request: ConnectRequest, now: float) -> Credentials | None:
+        if not request.token:
+            return None
+        try:
+            creds = self.verifier.verify(request.token, now)
+        except TokenError as exc:
+            log.info("token rejected: %s", exc)
+            if exc.kind == "expired":
+                raise EXPIRED from None
+            raise (INVALID_TOKEN if exc.kind == "invalid" else INTERNAL) from None
+        for channel in creds.subs:
+            if channel and self.rules.options(channel) is None:
+                raise INTERNAL           # error 102 during connect becomes 3004 (03 §4)
+        return creds
+
+    def _connect_subscriptions(self, creds: Credentials | None, user: str,
+                               request: ConnectRequest) -> dict[str, Subscription]:
+        rules = self.rules
+        subs: dict[str, Subscription] = {}
+        if creds is not None:
+            for channel, tsub in creds.subs.items():
+                opts = rules.options(channel)
+                subs[channel] = Subscription(
+                    presence=_override(tsub.presence, opts.presence),
+                    join_leave=_override(tsub.join_leave, opts.join_leave),
+                    recover=_override(tsub.recover, opts.recover),
+                    position=_override(tsub.position, opts.position),
+                    chan_info=tsub.info, data=tsub.data)
+        has_credentials = creds is not None or self.cfg.client_anonymous or self.cfg.client_insecure
+        if has_credentials and self.cfg.user_subscribe_to_personal and user:
+            channel = rules.personal_channel(user)
+            opts = rules.options(channel)
+            if opts is None:
+                raise INTERNAL
+            subs[channel] = Subscription(presence=opts.presence, join_leave=opts.join_leave, recover=opts.recover)
+        if creds is not None:            # client-requested channels only with a token (04 §5)
+            for channel in request.subs:
+                opts = rules.options(channel)
+                if opts is None:
+                    raise BAD_REQUEST
+                if rules.is_user_limited(channel):
+                    allowed = user != "" and rules.user_allowed(channel, user)
+                else:
+                    allowed = not rules.is_private(channel) and not opts.protected
+                if allowed and channel not in subs:
+                    subs[channel] = Subscription(presence=opts.presence, join_leave=opts.join_leave,
+                                                 recover=opts.recover)
+        subs.pop("", None)
+        return subs
+
+    async def _do_connect(self, conn: Conn, request: ConnectRequest) -> None:
+        now = time.time()
+        cfg = self.cfg
+        creds = self._credentials(request, now)
+        user = creds.user if creds is not None else ""
+        subs = self._connect_subscriptions(creds, user, request)
+        if len(subs) > cfg.client_channel_limit:
+            raise CHANNEL_LIMIT
+        if creds is None and not (cfg.client_anonymous or cfg.client_insecure):
+            raise BAD_REQUEST
+        limit = cfg.client_user_connection_limit
+        if limit and user and len(self.users.get(user, ())) >= limit:
+            raise CONNECTION_LIMIT
+        expire_at = 0 if cfg.client_insecure or creds is None else creds.expire_at
+        if 0 < expire_at < int(now):
+            raise EXPIRED
+
+        # Stream positions are read and the hub registration made without yielding to the
+        # loop in between (the memory engine never suspends), so no publication can fall
+        # between the position reported in the connect push and the first live one.
+        results: dict[str, bytes] = {}
+        for channel, sub in subs.items():
+            results[channel] = await self._subscribe_result(channel, sub, request.subs.get(channel))
+        if conn.close_reason is not None or conn.state == CLOSED:
+            return                                    # the client went away meanwhile
+        conn.user = user
+        conn.info = creds.info if creds is not None else None
+        conn.expire_at = expire_at
+        conn.session = str(uuid.uuid4())
+        conn.state = CONNECTED
+        self.users.setdefault(user, {})[conn] = None
+        ttl = max(0, expire_at - int(now)) if expire_at else 0
+        push = codec.connect_push(conn.v2, client=conn.client_id, version=self.version, subs=results,
+                                  expires=bool(expire_at), ttl=ttl, session=conn.session,
+                                  ping=25 if conn.v2 else 0)
+        self.fanout.enqueue(conn, codec.frame_text(push))
+        for channel, sub in subs.items():
+            self._add_to_hub(conn, channel, sub)
+        if expire_at:
+            self._schedule(expire_at + cfg.client_expired_close_delay, conn, _EXPIRE)
+        for channel, sub in subs.items():
+            if sub.presence:
+                await self.engine.add_presence(channel, conn.client_id, self._presence_info(conn, sub))
+            if sub.join_leave:
+                self._broadcast_join_leave(codec.JOIN, channel, conn, sub)
+        if cfg.user_personal_single_connection and user:
+            for other in list(self.users.get(user, ())):
+                if other is not conn:
+                    self.disconnect_conn(other, CONNECTION_LIMIT)
+        log.debug("client %s connected as user %r with %d channels", conn.client_id, user, len(subs))
+
+    async def _subscribe_result(self, channel: str, sub: Subscription, hint: SubHint | None) -> bytes:
+        positioned = sub.recover or sub.position
+        if not positioned:
+            return codec.subscribe_result(data=sub.data)
+        if sub.recover and hint is not None and hint.recover:
+            return await self._recover(channel, sub, hint)
+        top, epoch = await self.engine.stream_top(channel)
+        return codec.subscribe_result(recoverable=sub.recover, epoch=epoch, offset=top,
+                                      positioned=True, data=sub.data)
+
+    async def _recover(self, channel: str, sub: Subscription, hint: SubHint) -> bytes:
+        """Connect-time recovery (05 §8)."""
+        top, epoch = await self.engine.stream_top(channel)
+        pubs: list[Publication] = []
+        if hint.epoch and hint.epoch != epoch:
+            recovered = False
+        else:
+            if hint.offset < top:
+                limit = self.cfg.client_recovery_max_publication_limit
+                pubs, top, epoch = await self.engine.history(channel, since=(hint.offset, ""),
+                                                             limit=limit if limit > 0 else -1, reverse=False)
+            if not pubs:
+                recovered = top == hint.offset
+            else:
+                recovered = pubs[0].offset == hint.offset + 1 and pubs[-1].offset == top
+        offset = max(top, pubs[-1].offset if pubs else 0)
+        encoded = [codec.publication(p.data, p.offset, codec.tags_object(p.tags)) for p in pubs]
+        return codec.subscribe_result(recoverable=True, epoch=epoch, publications=encoded,
+                                      recovered=recovered, offset=offset, positioned=True, data=sub.data)
+
+    # -- hub -------------------------------------------------------------------------------
+
+    def _add_to_hub(self, conn: Conn, channel: str, sub: Subscription) -> None:
+        conn.channels[channel] = sub
+        hub = self.hub_v2 if conn.v2 else self.hub
+        subscribers = hub.get(channel)
+        if subscribers is None:
+            subscribers = hub[channel] = {}
+        subscribers[conn] = None
+
+    def _remove_from_hub(self, conn: Conn, channel: str) -> Subscription | None:
+        sub = conn.channels.pop(channel, None)
+        if sub is None:
+            return None
+        hub = self.hub_v2 if conn.v2 else self.hub
+        subscribers = hub.get(channel)
+        if subscribers is not None:
+            subscribers.pop(conn, None)
+            if not subscribers:
+                del hub[channel]
+        return sub
+
+    def _unsubscribe_all(self, conn: Conn) -> None:
+        if not conn.channels:
+            return
+        for channel in list(conn.channels):
+            self._leave(conn, channel)
+
+    def _leave(self, conn: Conn, channel: str) -> Subscription | None:
+        """Unsubscribe: Leave to the channel's subscribers (the leaving one first), presence removed."""
+        sub = conn.channels.get(channel)
+        if sub is None:
+            return None
+        if sub.join_leave and conn.state == CONNECTED:
+            self._broadcast_join_leave(codec.LEAVE, channel, conn, sub)
+        self._remove_from_hub(conn, channel)
+        if sub.presence:
+            self._spawn(self.engine.remove_presence(channel, conn.client_id))
+        return sub
+
+    def _spawn(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _client_info(self, conn: Conn, sub: Subscription) -> bytes:
+        return codec.client_info(conn.user or "", conn.client_id, conn.info, sub.chan_info)
+
+    @staticmethod
+    def _presence_info(conn: Conn, sub: Subscription) -> dict:
+        info = {"user": conn.user or "", "client": conn.client_id}
+        if conn.info:
+            info["conn_info"] = orjson.Fragment(conn.info)
+        if sub.chan_info:
+            info["chan_info"] = orjson.Fragment(sub.chan_info)
+        return info
+
+    def _broadcast_join_leave(self, push_type: int, channel: str, conn: Conn, sub: Subscription) -> None:
+        info = self._client_info(conn, sub)
+        for v2, hub in ((False, self.hub), (True, self.hub_v2)):
+            subscribers = hub.get(channel)
+            if subscribers:
+                frame = codec.frame_text(codec.join_leave_push(v2, push_type, channel, info))
+                self.fanout.deliver(subscribers, frame)
+
+    def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
+        """Engine callback: frame the publication once per protocol version, fan it out."""
+        subscribers = self.hub.get(channel)
+        subscribers_v2 = self.hub_v2.get(channel)
+        if not subscribers and not subscribers_v2:
+            return
+        channel_json = codec.json_string(channel)
+        tags = codec.tags_object(pub.tags)
+        data = codec.raw(pub.data)
+        if subscribers:
+            self.fanout.deliver(subscribers, pub_frame(False, channel_json, data, pub.offset, tags))
+        if subscribers_v2:
+            self.fanout.deliver(subscribers_v2, pub_frame(True, channel_json, data, pub.offset, tags))
+
+    # -- server API (06 §4) ------------------------------------------------------------------
+
+    def _options(self, channel: str) -> ChannelOptions:
+        opts = self.rules.options(channel)
+        if opts is None:
+            raise ApiError(102)
+        return opts
+
+    def _matching(self, user: str, client: str = "", session: str = "") -> list[Conn]:
+        return [c for c in self.users.get(user, ())
+                if (not client or c.client_id == client) and (not session or c.session == session)
+                and c.close_reason is None and c.state == CONNECTED]
+
+    async def publish(self, channel: str, data: bytes, *, skip_history: bool = False,
+                      tags: dict[str, str] | None = None) -> tuple[int, str]:
+        opts = self._options(channel)
+        return await self.engine.publish(channel, data, opts, skip_history=skip_history, tags=tags)
+
+    async def subscribe(self, user: str, channel: str, *, client: str = "", session: str = "",
+                        info: bytes | None = None, data: bytes | None = None, expire_at: int = 0,
+                        recover_since: tuple[int, str] | None = None,
+                        override: dict[str, bool] | None = None) -> None:
+        opts = self._options(channel)
+        override = override or {}
+        conns = self._matching(user, client, session)
+        if not conns:
+            return
+        now = time.time()
+        if expire_at and expire_at <= now:
+            raise ApiError(100)
+        sub_template = Subscription(
+            presence=override.get("presence", opts.presence),
+            join_leave=override.get("join_leave", opts.join_leave),
+            recover=override.get("recover", opts.recover),
+            position=override.get("position", opts.position),
+            chan_info=info, expire_at=expire_at)
+        for conn in conns:
+            if channel not in conn.channels and len(conn.channels) >= self.cfg.client_channel_limit:
+                self.disconnect_conn(conn, CHANNEL_LIMIT)
+                continue
+            sub = Subscription(sub_template.presence, sub_template.join_leave, sub_template.recover,
+                               sub_template.position, info, data, expire_at)
+            positioned = sub.recover or sub.position
+            epoch, offset = "", 0
+            if positioned:
+                offset, epoch = await self.engine.stream_top(channel)
+                if recover_since is not None and recover_since[0] > offset:
+                    offset = recover_since[0]
+            self._remove_from_hub(conn, channel)
+            payload = codec.subscribe_payload(recoverable=sub.recover, epoch=epoch, offset=offset,
+                                              positioned=positioned, data=data)
+            self.fanout.enqueue(conn, codec.frame_text(
+                codec.envelope(conn.v2, codec.SUBSCRIBE, codec.json_string(channel), payload)))
+            self._add_to_hub(conn, channel, sub)
+            if sub.presence:
+                await self.engine.add_presence(channel, conn.client_id, self._presence_info(conn, sub))
+            if sub.join_leave:
+                self._broadcast_join_leave(codec.JOIN, channel, conn, sub)
+            if expire_at:
+                self._schedule(expire_at + self.cfg.client_expired_sub_close_delay + 0.001, conn, _SUB_EXPIRE)
+
+    async def unsubscribe(self, user: str, channel: str, *, client: str = "", session: str = "") -> None:
+        if channel:
+            self._options(channel)
+        for conn in self._matching(user, client, session):
+            self._leave(conn, channel)
+            self.fanout.enqueue(conn, codec.frame_text(codec.unsubscribe_push(conn.v2, channel)))
+
+    async def disconnect(self, user: str, *, client: str = "", session: str = "",
+                         whitelist: Iterable[str] | None = None, disconnect: Disconnect | None = None) -> None:
+        keep = set(whitelist or ())
+        for conn in self._matching(user, client, session):
+            if conn.client_id not in keep:
+                self.disconnect_conn(conn, disconnect or FORCE_DISCONNECT)
+
+    async def refresh(self, user: str, *, client: str = "", session: str = "", expired: bool = False,
+                      expire_at: int = 0, info: bytes | None = None) -> None:
+        now = time.time()
+        for conn in self._matching(user, client, session):
+            if expired or (expire_at and expire_at <= now):
+                self.disconnect_conn(conn, EXPIRED)
+                continue
+            conn.expire_at = expire_at
+            if expire_at:
+                if info is not None:
+                    conn.info = info
+                self._schedule(expire_at + self.cfg.client_expired_close_delay, conn, _EXPIRE)
+                push = codec.refresh_push(conn.v2, True, max(0, expire_at - int(now)))
+            else:
+                push = codec.refresh_push(conn.v2, False, 0)
+            self.fanout.enqueue(conn, codec.frame_text(push))
+
+    async def presence(self, channel: str) -> dict[str, dict]:
+        if not self._options(channel).presence:
+            raise ApiError(108)
+        return await self.engine.presence(channel)
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        if not self._options(channel).presence:
+            raise ApiError(108)
+        return await self.engine.presence_stats(channel)
+
+    async def history(self, channel: str, *, limit: int, since: tuple[int, str] | None,
+                      reverse: bool) -> tuple[list[dict], int, str]:
+        if not self._options(channel).history_enabled:
+            raise ApiError(108)
+        pubs, top, epoch = await self.engine.history(channel, since=since, limit=limit, reverse=reverse)
+        return [self._publication_dict(p) for p in pubs], top, epoch
+
+    @staticmethod
+    def _publication_dict(pub: Publication) -> dict:
+        item: dict = {"data": orjson.Fragment(pub.data)}
+        if pub.offset:
+            item["offset"] = pub.offset
+        if pub.tags:
+            item["tags"] = pub.tags
+        return item
+
+    async def history_remove(self, channel: str) -> None:
+        if not self._options(channel).history_enabled:
+            raise ApiError(108)
+        await self.engine.remove_history(channel)
+
+    async def channels(self, pattern: str) -> dict[str, int]:
+        try:
+            match = compile_glob(pattern) if pattern else None
+        except ValueError:
+            raise ApiError(100) from None
+        counts: dict[str, int] = {}
+        for hub in (self.hub, self.hub_v2):
+            for channel, subscribers in hub.items():
+                if match is None or match(channel):
+                    counts[channel] = counts.get(channel, 0) + len(subscribers)
+        return counts
+
+    def stats(self) -> dict:
+        """This worker's figures, as one `info` node entry (06 §4.12)."""
+        channels = set(self.hub) | set(self.hub_v2)
+        entry = {
+            "uid": self.uid, "name": self.name, "version": self.version,
+            "num_clients": sum(1 for c in self.conns.values() if c.state == CONNECTED),
+            "num_users": len(self.users),
+            "num_channels": len(channels),
+            "num_subs": sum(len(s) for s in self.hub.values()) + sum(len(s) for s in self.hub_v2.values()),
+        }
+        uptime = int(time.time() - self.started)
+        if uptime:
+            entry["uptime"] = uptime
+        return entry
+
+    async def info(self) -> list[dict]:
+        return [self.stats()]
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def shutdown(self, timeout: float) -> bool:
+        """Disconnect every client with 3001 and wait for them to go; False on timeout."""
+        self.shutting_down = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for conn in list(self.conns.values()):
+            if conn.state == CONNECTED:
+                self.disconnect_conn(conn, SHUTDOWN)
+            else:
+                self._close_silently(conn)
+        deadline = time.monotonic() + timeout
+        while self.conns and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self.conns

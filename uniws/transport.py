@@ -1,0 +1,142 @@
+"""The uni_websocket endpoint: upgrade validation (spec 01 §2) and the hand-off to picows.
+
+The HTTP front (http.py) reads the request head. For the WebSocket path it
+calls `UniWebSocket.upgrade`, which answers a bad handshake itself or replaces
+the front protocol with picows's `WSProtocol` on the same transport and replays
+the bytes already read, so picows parses the same request and sends the 101.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import parse_qs
+
+from picows.picows import WSAutoPingStrategy, WSProtocol
+
+from .globmatch import compile_glob
+from .protocol import ConnectRequestError, parse_connect_request
+
+log = logging.getLogger("uniws.transport")
+
+_STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed"}
+
+
+class _QuietLogger:
+    """picows logs every accepted connection at info level and would create a child
+    logger per connection; per-connection log lines and objects cost more than the
+    connection itself, so picows gets this silent logger and uniws logs events itself."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return False
+
+    def _ignore(self, *args, **kwargs) -> None:
+        pass
+
+    debug = info = warning = error = exception = log = _ignore
+
+
+_QUIET = _QuietLogger()
+
+
+def handshake_error(status: int) -> bytes:
+    """Failure response of a bad upgrade (01 §2.3): status text body, nosniff, version 13."""
+    text = _STATUS_TEXT[status]
+    body = (text + "\n").encode()
+    return (f"HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"X-Content-Type-Options: nosniff\r\nSec-Websocket-Version: 13\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+def _tokens(value: str) -> set[str]:
+    return {part.strip().lower() for part in value.split(",")}
+
+
+class OriginCheck:
+    """allowed_origins (01 §2.3): no Origin passes; empty list rejects; ["*"] allows all."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.allow_all = patterns == ["*"]
+        self.matchers = [] if self.allow_all else [compile_glob(p) for p in patterns]
+
+    def allowed(self, origin: str) -> bool:
+        if not origin or self.allow_all:
+            return True
+        origin = origin.lower()
+        return any(match(origin) for match in self.matchers)
+
+
+class UniWebSocket:
+    def __init__(self, node, cfg) -> None:
+        self.node = node
+        self.origins = OriginCheck(list(cfg.allowed_origins))
+        limit = cfg.uni_websocket_message_size_limit
+        # picows refuses a single frame over this before buffering it; whole-message
+        # size (fragments) is checked by Conn. 2**62 stands for "no limit".
+        self.max_frame_size = limit if limit >= 0 else 1 << 62
+        # A uni client sends one small message: start with picows's minimum buffer.
+        self.read_buffer_size = 2048
+
+    def check(self, method: str, headers: dict[str, str]) -> int:
+        """0 when the handshake is acceptable, else the HTTP status to answer (01 §2.3 order)."""
+        if "upgrade" not in _tokens(headers.get("connection", "")):
+            return 400
+        if "websocket" not in _tokens(headers.get("upgrade", "")):
+            return 400
+        if method != "GET":
+            return 405
+        if "13" not in _tokens(headers.get("sec-websocket-version", "")):
+            return 400
+        if not self.origins.allowed(headers.get("origin", "")):
+            return 403
+        if not headers.get("sec-websocket-key", "").strip():
+            return 400
+        return 0
+
+    def upgrade(self, transport: asyncio.Transport, method: str, query: str,
+                headers: dict[str, str], raw: bytes) -> bool:
+        """Answer or hand over the connection; True when picows now owns it."""
+        params = parse_qs(query, keep_blank_values=True) if query else {}
+        version = params.get("cf_protocol_version", [""])[0]
+        if version not in ("", "v1", "v2"):
+            transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            transport.close()
+            return False
+        status = self.check(method, headers)
+        if status:
+            transport.write(handshake_error(status))
+            transport.close()
+            return False
+        connect_request = None
+        cf_connect = params.get("cf_connect", [""])[0]
+        if cf_connect and cf_connect != "null":
+            try:
+                connect_request = parse_connect_request(cf_connect.encode())
+            except ConnectRequestError:
+                body = b"invalid connect request\n"
+                transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+                transport.close()
+                return False
+        if self.node.shutting_down:
+            transport.close()
+            return False
+        conn = self.node.new_conn(version == "v2", connect_request)
+        protocol = WSProtocol(None, None, False, lambda _request: conn, _QUIET, True, None,
+                              False, 10.0, 10.0, WSAutoPingStrategy.PING_WHEN_IDLE, True,
+                              self.max_frame_size, None, self.read_buffer_size)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        _replay(protocol, raw)
+        return True
+
+
+def _replay(protocol: WSProtocol, data: bytes) -> None:
+    """Feed bytes already read by the front into picows's buffer, as the loop would."""
+    view = memoryview(data)
+    while view:
+        buffer = protocol.get_buffer(len(view))
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]
