@@ -141,6 +141,7 @@ cdef class Conn(WSListener):
     cdef list chunks                 # frames pending for this loop turn, or None
     cdef public Py_ssize_t pending   # bytes in `chunks`
     cdef public Py_ssize_t buffered  # bytes the asyncio transport still held after the last flush
+    cdef public double blocked_since # when `buffered` last became non-zero (write timeout)
     cdef public Py_ssize_t size_limit
     cdef Py_ssize_t msg_size         # size of the data message being received
     cdef list fragments              # parts of a fragmented connect message
@@ -218,10 +219,10 @@ cdef class Conn(WSListener):
         if self.state == CLOSED or self.tr is None:
             return 0
         if self.buffered:
-            self.buffered = self.tr.get_write_buffer_size()
+            self._note_buffered()
         if self.buffered or self.fd < 0 or count > MAX_IOV:
             self.tr.write(b"".join(chunks))
-            self.buffered = self.tr.get_write_buffer_size()
+            self._note_buffered()
             return 0
         for i in range(count):
             item = <object>PyList_GET_ITEM(chunks, i)
@@ -238,8 +239,20 @@ cdef class Conn(WSListener):
         # Keep the unsent tail in order behind any later writes.
         rest = b"".join(chunks)[written:] if count > 1 else (<bytes>chunks[0])[written:]
         self.tr.write(rest)
-        self.buffered = self.tr.get_write_buffer_size()
+        self._note_buffered()
         return 0
+
+    cdef inline void _note_buffered(self):
+        cdef Py_ssize_t before = self.buffered
+        self.buffered = self.tr.get_write_buffer_size()
+        if self.buffered and not before:
+            self.blocked_since = monotonic()
+
+    def write_blocked_for(self, double now):
+        """Seconds the socket has refused part of our output (0 when it takes everything)."""
+        if self.buffered and self.tr is not None:
+            self.buffered = self.tr.get_write_buffer_size()
+        return now - self.blocked_since if self.buffered else 0.0
 
     def write_now(self, bytes data):
         """Queue `data` after any pending frames and write everything at once (close paths)."""
@@ -344,14 +357,18 @@ cdef class PingWheel:
     cdef Py_ssize_t current
     cdef Fanout fanout
     cdef public double deadline      # seconds without a pong before a peer counts as dead
+    cdef public double write_timeout # seconds a socket may refuse our output
     cdef public list dead
+    cdef public list stuck           # connections over the write timeout
 
-    def __init__(self, Fanout fanout, Py_ssize_t nslots, double deadline):
+    def __init__(self, Fanout fanout, Py_ssize_t nslots, double deadline, double write_timeout):
         self.slots = [[] for _ in range(max(1, nslots))]
         self.current = 0
         self.fanout = fanout
         self.deadline = deadline
+        self.write_timeout = write_timeout
         self.dead = []
+        self.stuck = []
 
     cpdef add(self, Conn c):
         # The slot just visited comes round again after a full interval.
@@ -372,6 +389,9 @@ cdef class PingWheel:
                 continue
             if now - c.last_pong > self.deadline:
                 self.dead.append(c)
+                continue
+            if c.buffered and c.write_blocked_for(now) > self.write_timeout:
+                self.stuck.append(c)
                 continue
             keep.append(c)
             if c.v2:

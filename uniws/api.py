@@ -99,9 +99,14 @@ def _parse_json(raw: bytes) -> Any:
 
 
 def _compact_json(value: Any) -> bytes:
-    """Compact single-line JSON for a raw payload field (never contains a raw newline)."""
+    """Compact single-line JSON for a raw payload field (never contains a raw newline).
+
+    The node may keep payloads (history, write queues): they are handed over as an
+    exact-size copy because retaining orjson's over-allocated-then-shrunk outputs costs
+    the allocator ~2 µs each, against ~0.1 µs for the copy.
+    """
     try:
-        return orjson.dumps(value)
+        return bytes(memoryview(orjson.dumps(value)))
     except orjson.JSONEncodeError:
         pass  # integers beyond 64 bits or lone surrogates, from the exact decoder only
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -486,6 +491,13 @@ def _v3_error_reply(command_id: int, code: int, message: str) -> bytes:
     return orjson.dumps({"error": _error_object(code, message)})
 
 
+def _append_line(replies: bytearray, reply: bytes) -> None:
+    """Join reply lines with `\n`, no trailing newline (reply lines are never empty)."""
+    if replies:
+        replies += b"\n"
+    replies += reply
+
+
 def _text_response(status: int, text: bytes) -> Response:
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("X-Content-Type-Options", "nosniff")]
     return status, headers, text
@@ -616,15 +628,20 @@ class Api:
         rejection = self._precheck(method, query, headers, body)
         if rejection is not None:
             return rejection
+        # Reply lines are appended to one buffer as they are produced: keeping a thousand
+        # separate orjson outputs alive until a join is several times slower (allocator).
+        replies = bytearray()
         try:
-            replies = await self._run_command_stream(body)
+            await self._run_command_stream(body, replies)
         except _MalformedRequest:
             return _bad_request()  # earlier commands keep their side effects (quirk)
-        return _json_response(200, b"\n".join(replies))
+        return _json_response(200, bytes(replies))
 
-    async def _run_command_stream(self, body: bytes) -> list[bytes]:
-        """Execute every command of the stream in order; raises _MalformedRequest."""
-        replies: list[bytes] = []
+    async def _run_command_stream(self, body: bytes, replies: bytearray) -> None:
+        """Execute every command of the stream in order, appending reply lines to `replies`.
+
+        Raises _MalformedRequest at the first undecodable value.
+        """
         lines = body.split(b"\n")
         check_lines = _may_hold_huge_integer(body)  # one scan of the body, rarely true
         for index, line in enumerate(lines):
@@ -641,10 +658,9 @@ class Api:
                 offset = sum(len(previous) + 1 for previous in lines[:index])
                 await self._run_command_tail(body[offset:], replies)
                 break
-            replies.append(await self._execute_v3(command))
-        return replies
+            _append_line(replies, await self._execute_v3(command))
 
-    async def _run_command_tail(self, tail: bytes, replies: list[bytes]) -> None:
+    async def _run_command_tail(self, tail: bytes, replies: bytearray) -> None:
         """Streaming decode of concatenated JSON values (slow path of 06 §2.4)."""
         text = tail.decode("utf-8", "replace")
         decoder = _exact_decoder()
@@ -654,7 +670,7 @@ class Api:
                 command, position = decoder.raw_decode(text, position)
             except ValueError:
                 raise _MalformedRequest from None
-            replies.append(await self._execute_v3(command))
+            _append_line(replies, await self._execute_v3(command))
             position = _JSON_WHITESPACE.match(text, position).end()
 
     async def _execute_v3(self, command: Any) -> bytes:

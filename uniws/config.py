@@ -49,6 +49,7 @@ SUPPORTED = frozenset(
         "token_audience", "token_issuer",
         "client_insecure", "client_anonymous", "client_channel_limit",
         "client_user_connection_limit", "client_queue_max_size", "client_expired_close_delay",
+        "client_expired_sub_close_delay", "api_error_mode",
         "client_stale_close_delay", "client_recovery_max_publication_limit",
         *(f.name for f in dataclasses.fields(ChannelOptions)), "namespaces",
         "channel_private_prefix", "channel_namespace_boundary", "channel_user_boundary",

@@ -27,7 +27,7 @@ from .channels import ChannelOptions, ChannelRules
 from .engine.base import Publication
 from .engine.memory import MemoryEngine
 from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_LIMIT, EXPIRED, FORCE_DISCONNECT, INTERNAL,
-                     INVALID_TOKEN, SHUTDOWN, SLOW, STALE, SUB_EXPIRED, ApiError, Disconnect)
+                     INVALID_TOKEN, SHUTDOWN, SLOW, STALE, SUB_EXPIRED, WRITE_ERROR, ApiError, Disconnect)
 from .globmatch import compile_glob
 from .protocol import ConnectRequest, ConnectRequestError, SubHint, parse_connect_request
 
@@ -78,7 +78,8 @@ class Node:
         self.tick = min(1.0, self.ping_interval) if self.ping_interval else 1.0
         nslots = max(1, round(self.ping_interval / self.tick)) if self.ping_interval else 1
         # Read deadline 10/9 of the interval (01 §6.1), plus one tick: peers are visited per tick.
-        self.wheel = PingWheel(self.fanout, nslots, self.ping_interval * 10 / 9 + self.tick)
+        self.wheel = PingWheel(self.fanout, nslots, self.ping_interval * 10 / 9 + self.tick,
+                               cfg.uni_websocket_write_timeout)
         self._timer: asyncio.TimerHandle | None = None
 
     # -- periodic work ---------------------------------------------------------------------
@@ -95,6 +96,11 @@ class Node:
                 for conn in dead:
                     log.info("closing client %s: no pong within the read deadline", conn.client_id)
                     self._close_silently(conn)
+                stuck, self.wheel.stuck = self.wheel.stuck, []
+                for conn in stuck:
+                    log.info("closing client %s: socket refused writes for over %s s", conn.client_id,
+                             self.cfg.uni_websocket_write_timeout)
+                    self.disconnect_conn(conn, WRITE_ERROR)
             self._run_deadlines(time.time())
             self.engine.sweep()
         except Exception:
