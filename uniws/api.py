@@ -10,7 +10,7 @@ because a v5 batch decodes every command before executing any of them (06 §5.4)
 from __future__ import annotations
 
 import asyncio
-import binascii
+import base64
 import hmac
 import json
 import logging
@@ -77,6 +77,12 @@ def _exact_decoder() -> json.JSONDecoder:
     return json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
+def _skip_whitespace(text: str, position: int) -> int:
+    """Position of the first non-whitespace character (JSON whitespace only) from `position`."""
+    match = _JSON_WHITESPACE.match(text, position)
+    return match.end() if match else position
+
+
 def _may_hold_huge_integer(raw: bytes) -> bool:
     """Whether `raw` may hold an integer that orjson cannot decode exactly."""
     digits_masked = raw.translate(_DIGITS_TO_NUL)
@@ -92,8 +98,8 @@ def _parse_json(raw: bytes) -> Any:
             pass  # maybe invalid UTF-8 inside strings, which Go accepts: retry leniently
     text = raw.decode("utf-8", "replace")  # Go replaces invalid UTF-8 with U+FFFD too
     decoder = _exact_decoder()
-    value, end = decoder.raw_decode(text, _JSON_WHITESPACE.match(text).end())
-    if _JSON_WHITESPACE.match(text, end).end() != len(text):
+    value, end = decoder.raw_decode(text, _skip_whitespace(text, 0))
+    if _skip_whitespace(text, end) != len(text):
         raise ValueError("trailing data after JSON value")
     return value
 
@@ -120,9 +126,10 @@ def _decode_payload(data: Any, b64data: str) -> bytes:
     """The payload bytes of publish/broadcast: b64data wins over data (06 §4.1)."""
     if b64data:
         try:
-            decoded = binascii.a2b_base64(b64data.replace("\r", "").replace("\n", ""), strict_mode=True)
+            # Go's StdEncoding skips CR/LF and otherwise requires the padded alphabet.
+            decoded = base64.b64decode(b64data.replace("\r", "").replace("\n", ""), validate=True)
             return _compact_json(_parse_json(decoded))
-        except ValueError:  # binascii.Error is a ValueError; so are JSON errors
+        except ValueError:  # binascii.Error and JSON errors are ValueErrors
             raise ApiError(107) from None
     if data is _ABSENT:
         raise ApiError(107)
@@ -664,14 +671,14 @@ class Api:
         """Streaming decode of concatenated JSON values (slow path of 06 §2.4)."""
         text = tail.decode("utf-8", "replace")
         decoder = _exact_decoder()
-        position = _JSON_WHITESPACE.match(text).end()
+        position = _skip_whitespace(text, 0)
         while position < len(text):
             try:
                 command, position = decoder.raw_decode(text, position)
             except ValueError:
                 raise _MalformedRequest from None
             _append_line(replies, await self._execute_v3(command))
-            position = _JSON_WHITESPACE.match(text, position).end()
+            position = _skip_whitespace(text, position)
 
     async def _execute_v3(self, command: Any) -> bytes:
         """Run one decoded command and return its reply line; raises _MalformedRequest."""

@@ -18,7 +18,7 @@ from uniws.errors import ApiError, Disconnect
 from uniws.globmatch import compile_glob
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import api_vectors  # noqa: E402  (tests/api_vectors.py)
+import api_vectors  # tests/api_vectors.py
 
 A = {"authorization": "apikey secret"}
 V5 = {"x-api-key": "secret"}
@@ -699,7 +699,7 @@ def test_json_stream_separators(body: str) -> None:
 
 def test_fallback_decoding_keeps_order_with_later_lines() -> None:
     api, node = make_api()
-    lines = ['{"method":"publish","params":{"channel":"chat","data":%d}}' % index for index in range(4)]
+    lines = [f'{{"method":"publish","params":{{"channel":"chat","data":{index}}}}}' for index in range(4)]
     body = lines[0] + "\n" + lines[1] + lines[2] + "\n" + lines[3]  # line 2 holds two values
     assert call(api, body)[2].count(b"\n") == 3
     assert [call[1][1] for call in node.calls] == [b"0", b"1", b"2", b"3"]
@@ -815,7 +815,7 @@ def test_v5_batch_decodes_everything_before_running(body: str) -> None:
 
 def test_v5_batch_parallel_keeps_order() -> None:
     api, node = make_api()
-    commands = [{"publish": {"channel": "nohist:%d" % index, "data": index}} for index in range(50)]
+    commands = [{"publish": {"channel": f"nohist:{index}", "data": index}} for index in range(50)]
     commands.insert(10, {"presence": {"channel": "nope:x"}})
     reply = json.loads(v5(api, "batch", json.dumps({"commands": commands, "parallel": True}))[2])
     assert reply["replies"][10] == error(102, "unknown channel")
