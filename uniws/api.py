@@ -499,7 +499,7 @@ def _v3_error_reply(command_id: int, code: int, message: str) -> bytes:
 
 
 def _append_line(replies: bytearray, reply: bytes) -> None:
-    """Join reply lines with `\n`, no trailing newline (reply lines are never empty)."""
+    """Join reply lines with a newline, none at the end (reply lines are never empty)."""
     if replies:
         replies += b"\n"
     replies += reply

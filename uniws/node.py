@@ -612,6 +612,11 @@ class Node:
         uptime = int(time.time() - self.started)
         if uptime:
             entry["uptime"] = uptime
+        # Live engine gauges (06 §4.12 allows `metrics`); the engine is swept every tick.
+        entry["metrics"] = {"interval": float(self.tick), "items": {
+            "uniws.engine.streams": float(self.engine.num_streams()),
+            "uniws.engine.presence_channels": float(self.engine.num_presence_channels()),
+        }}
         return entry
 
     async def info(self) -> list[dict]:

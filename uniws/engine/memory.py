@@ -120,6 +120,9 @@ class MemoryEngine:
     def num_streams(self) -> int:
         return len(self._streams)
 
+    def num_presence_channels(self) -> int:
+        return len(self._presence)
+
     # -- presence --------------------------------------------------------------------------
 
     async def add_presence(self, channel: str, client: str, info: dict) -> None:
