@@ -299,7 +299,7 @@ def run_server(path: str, flags: dict[str, Any]) -> int:
         log.info("using config file", extra={"fields": {"path": cfg.source_path}})
     from uniws.server import serve
 
-    return serve(cfg)
+    return serve(cfg, reload=lambda: load_config(path, os.environ, flags)[0])
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ Cython `Fanout`, which coalesces frames per client per loop turn.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import logging
 import socket
@@ -24,16 +25,24 @@ from . import __version__, codec
 from ._fastpath import CLOSED, CONNECTED, CONNECTING, Conn, Fanout, PingWheel, pub_frame
 from .auth import Credentials, TokenError, TokenVerifier
 from .channels import ChannelOptions, ChannelRules
+from .cluster import Cluster, ShardedEngine
 from .engine.base import Publication
 from .engine.memory import MemoryEngine
-from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_LIMIT, EXPIRED, FORCE_DISCONNECT, INTERNAL,
-                     INVALID_TOKEN, SHUTDOWN, SLOW, STALE, SUB_EXPIRED, WRITE_ERROR, ApiError, Disconnect)
+from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_LIMIT, EXPIRED, FORCE_DISCONNECT, INSUFFICIENT_STATE,
+                     INTERNAL, INVALID_TOKEN, SHUTDOWN, SLOW, STALE, SUB_EXPIRED, WRITE_ERROR, ApiError,
+                     Disconnect)
 from .globmatch import compile_glob
 from .protocol import ConnectRequest, ConnectRequestError, SubHint, parse_connect_request
 
 log = logging.getLogger("uniws.node")
 
 _STALE, _EXPIRE, _SUB_EXPIRE = 0, 1, 2
+_RELOADABLE = ("token_hmac_secret_key", "token_rsa_public_key", "token_ecdsa_public_key", "token_audience",
+               "token_issuer", "channel_options", "namespaces", "channel_private_prefix",
+               "channel_namespace_boundary", "channel_user_boundary", "channel_user_separator",
+               "user_subscribe_to_personal", "user_personal_channel_namespace",
+               "user_personal_single_connection", "client_insecure", "client_anonymous",
+               *(f.name for f in dataclasses.fields(ChannelOptions)))
 
 
 @dataclass(slots=True)
@@ -47,6 +56,12 @@ class Subscription:
     chan_info: bytes | None = None
     data: bytes | None = None
     expire_at: int = 0
+    epoch: str = ""           # stream position reported to the client (positioned only)
+    offset: int = 0
+
+    @property
+    def positioned(self) -> bool:
+        return self.recover or self.position
 
 
 def _override(value: bool | None, default: bool) -> bool:
@@ -54,14 +69,24 @@ def _override(value: bool | None, default: bool) -> bool:
 
 
 class Node:
-    def __init__(self, cfg, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, cfg, loop: asyncio.AbstractEventLoop, *, index: int = 0, count: int = 1,
+                 uid: str | None = None) -> None:
         self.cfg = cfg
         self.loop = loop
+        self.index = index
         self.rules = ChannelRules.from_config(cfg)
         self.verifier = TokenVerifier.from_config(cfg)
-        self.engine = MemoryEngine(self, history_meta_ttl=cfg.history_meta_ttl)
+        self.cluster: Cluster | None = None
+        if count > 1:
+            # Streams are sharded over the workers; the bus is attached by the server.
+            local = MemoryEngine(None, history_meta_ttl=cfg.history_meta_ttl)
+            self.cluster = Cluster(self, index, count, local)
+            local.set_handler(self.cluster)
+            self.engine = ShardedEngine(self.cluster)
+        else:
+            self.engine = MemoryEngine(self, history_meta_ttl=cfg.history_meta_ttl)
         self.fanout = Fanout(loop, cfg.client_queue_max_size, self._close_slow)
-        self.uid = str(uuid.uuid4())
+        self.uid = uid or str(uuid.uuid4())
         self.name = cfg.name or f"{socket.gethostname()}_{cfg.port}"
         self.version = __version__
         self.started = time.time()
@@ -70,6 +95,12 @@ class Node:
         self.users: dict[str, dict[Conn, None]] = {}     # connected users
         self.hub: dict[str, dict[Conn, None]] = {}       # channel -> v1 subscribers
         self.hub_v2: dict[str, dict[Conn, None]] = {}    # channel -> v2 subscribers
+        # Positioned subscribers per channel, and the last (epoch, offset) this worker delivered
+        # on that channel: the live position check (05 §9) is one comparison per publication.
+        self.positioned: dict[str, dict[Conn, None]] = {}
+        self.positions: dict[str, tuple[str, int]] = {}
+        # Connects waiting for a stream position: publications arriving meanwhile are kept.
+        self._pending: dict[str, dict[Conn, list[tuple[Publication, str]]]] = {}
         self._deadlines: list[tuple[float, int, str, int]] = []
         self._seq = 0
         self._tasks: set[asyncio.Task] = set()
@@ -81,6 +112,14 @@ class Node:
         self.wheel = PingWheel(self.fanout, nslots, self.ping_interval * 10 / 9 + self.tick,
                                cfg.uni_websocket_write_timeout)
         self._timer: asyncio.TimerHandle | None = None
+
+    def reload(self, cfg) -> None:
+        """Apply a re-read config's token keys and channel rules (07 §7.1); the rest needs a restart."""
+        fields = {name: getattr(cfg, name) for name in _RELOADABLE}
+        verifier = TokenVerifier.from_config(cfg)          # raises on a bad key: nothing changes
+        rules = ChannelRules.from_config(cfg)
+        self.cfg = dataclasses.replace(self.cfg, **fields)
+        self.verifier, self.rules = verifier, rules
 
     # -- periodic work ---------------------------------------------------------------------
 
@@ -103,6 +142,8 @@ class Node:
                     self.disconnect_conn(conn, WRITE_ERROR)
             self._run_deadlines(time.time())
             self.engine.sweep()
+            if self.cluster is not None:
+                self.cluster.bus.heartbeat()
         except Exception:
             log.exception("periodic tick failed")
 
@@ -240,9 +281,7 @@ class Node:
     # -- connect (spec 05 §5) ----------------------------------------------------------------
 
     def _start_connect(self, conn: Conn, request: ConnectRequest) -> None:
-        task = self.loop.create_task(self._connect(conn, request))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.track(self.loop.create_task(self._connect(conn, request)))
 
     async def _connect(self, conn: Conn, request: ConnectRequest) -> None:
         try:
@@ -321,12 +360,18 @@ class Node:
         if 0 < expire_at < int(now):
             raise EXPIRED
 
-        # Stream positions are read and the hub registration made without yielding to the
-        # loop in between (the memory engine never suspends), so no publication can fall
-        # between the position reported in the connect push and the first live one.
-        results: dict[str, bytes] = {}
-        for channel, sub in subs.items():
-            results[channel] = await self._subscribe_result(channel, sub, request.subs.get(channel))
+        # Positioned channels need the stream position from the channel's owner, which may
+        # be another worker: publications that arrive meanwhile are buffered per channel and
+        # merged by offset after the answer, so none falls between the position in the
+        # connect push and the first live push (05 §8.5).
+        positioned = [channel for channel, sub in subs.items() if sub.positioned]
+        self._begin_buffer(conn, positioned)
+        try:
+            results: dict[str, bytes] = {}
+            for channel, sub in subs.items():
+                results[channel] = await self._subscribe_result(channel, sub, request.subs.get(channel))
+        finally:
+            buffered = self._end_buffer(conn, positioned)
         if conn.close_reason is not None or conn.state == CLOSED:
             return                                    # the client went away meanwhile
         conn.user = user
@@ -342,27 +387,70 @@ class Node:
         self.fanout.enqueue(conn, codec.frame_text(push))
         for channel, sub in subs.items():
             self._add_to_hub(conn, channel, sub)
+        for channel in positioned:
+            if not self._catch_up(conn, channel, subs[channel], buffered[channel]):
+                return
         if expire_at:
             self._schedule(expire_at + cfg.client_expired_close_delay, conn, _EXPIRE)
         for channel, sub in subs.items():
-            if sub.presence:
-                await self.engine.add_presence(channel, conn.client_id, self._presence_info(conn, sub))
             if sub.join_leave:
                 self._broadcast_join_leave(codec.JOIN, channel, conn, sub)
         if cfg.user_personal_single_connection and user:
-            for other in list(self.users.get(user, ())):
-                if other is not conn:
-                    self.disconnect_conn(other, CONNECTION_LIMIT)
+            await self.disconnect(user, whitelist=[conn.client_id], disconnect=CONNECTION_LIMIT)
         log.debug("client %s connected as user %r with %d channels", conn.client_id, user, len(subs))
 
+    def _begin_buffer(self, conn: Conn, channels: list[str]) -> None:
+        for channel in channels:
+            self._pending.setdefault(channel, {})[conn] = []
+
+    def _end_buffer(self, conn: Conn, channels: list[str]) -> dict[str, list[tuple[Publication, str]]]:
+        buffered = {}
+        for channel in channels:
+            waiting = self._pending.get(channel)
+            buffered[channel] = waiting.pop(conn, []) if waiting is not None else []
+            if not waiting:
+                self._pending.pop(channel, None)
+        return buffered
+
+    def _catch_up(self, conn: Conn, channel: str, sub: Subscription,
+                  buffered: list[tuple[Publication, str]]) -> bool:
+        """Deliver publications that arrived while the position was fetched, keeping offsets
+        contiguous; a gap or epoch change means the client cannot be consistent: 3010."""
+        epoch, offset = sub.epoch, sub.offset
+        for pub, pub_epoch in buffered:
+            if pub.offset == 0:
+                self._deliver_one(conn, channel, pub)
+            elif pub_epoch == epoch and pub.offset <= offset:
+                continue                              # already in the connect push or history
+            elif pub_epoch == epoch and pub.offset == offset + 1:
+                self._deliver_one(conn, channel, pub)
+                offset = pub.offset
+            else:
+                self.disconnect_conn(conn, INSUFFICIENT_STATE)
+                return False
+        sub.offset = offset
+        current = self.positions.get(channel)
+        if current is None:
+            self.positions[channel] = (epoch, offset)
+        elif current != (epoch, offset):
+            log.info("client %s position %s:%d behind %s:%d on %s", conn.client_id, epoch, offset,
+                     current[0], current[1], channel)
+            self.disconnect_conn(conn, INSUFFICIENT_STATE)
+            return False
+        return True
+
+    def _deliver_one(self, conn: Conn, channel: str, pub: Publication) -> None:
+        frame = pub_frame(conn.v2, codec.json_string(channel), codec.raw(pub.data), pub.offset,
+                          codec.tags_object(pub.tags))
+        self.fanout.enqueue(conn, frame)
+
     async def _subscribe_result(self, channel: str, sub: Subscription, hint: SubHint | None) -> bytes:
-        positioned = sub.recover or sub.position
-        if not positioned:
+        if not sub.positioned:
             return codec.subscribe_result(data=sub.data)
         if sub.recover and hint is not None and hint.recover:
             return await self._recover(channel, sub, hint)
-        top, epoch = await self.engine.stream_top(channel)
-        return codec.subscribe_result(recoverable=sub.recover, epoch=epoch, offset=top,
+        sub.offset, sub.epoch = await self.engine.stream_top(channel)
+        return codec.subscribe_result(recoverable=sub.recover, epoch=sub.epoch, offset=sub.offset,
                                       positioned=True, data=sub.data)
 
     async def _recover(self, channel: str, sub: Subscription, hint: SubHint) -> bytes:
@@ -381,6 +469,7 @@ class Node:
             else:
                 recovered = pubs[0].offset == hint.offset + 1 and pubs[-1].offset == top
         offset = max(top, pubs[-1].offset if pubs else 0)
+        sub.offset, sub.epoch = offset, epoch
         encoded = [codec.publication(p.data, p.offset, codec.tags_object(p.tags)) for p in pubs]
         return codec.subscribe_result(recoverable=True, epoch=epoch, publications=encoded,
                                       recovered=recovered, offset=offset, positioned=True, data=sub.data)
@@ -394,6 +483,8 @@ class Node:
         if subscribers is None:
             subscribers = hub[channel] = {}
         subscribers[conn] = None
+        if sub.positioned:
+            self.positioned.setdefault(channel, {})[conn] = None
 
     def _remove_from_hub(self, conn: Conn, channel: str) -> Subscription | None:
         sub = conn.channels.pop(channel, None)
@@ -405,6 +496,12 @@ class Node:
             subscribers.pop(conn, None)
             if not subscribers:
                 del hub[channel]
+        positioned = self.positioned.get(channel)
+        if positioned is not None:
+            positioned.pop(conn, None)
+            if not positioned:
+                del self.positioned[channel]
+                self.positions.pop(channel, None)
         return sub
 
     def _unsubscribe_all(self, conn: Conn) -> None:
@@ -421,12 +518,10 @@ class Node:
         if sub.join_leave and conn.state == CONNECTED:
             self._broadcast_join_leave(codec.LEAVE, channel, conn, sub)
         self._remove_from_hub(conn, channel)
-        if sub.presence:
-            self._spawn(self.engine.remove_presence(channel, conn.client_id))
         return sub
 
-    def _spawn(self, coro) -> None:
-        task = self.loop.create_task(coro)
+    def track(self, task: asyncio.Task) -> None:
+        """Keep a reference to a short-lived task until it is done."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -452,6 +547,13 @@ class Node:
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
         """Engine callback: frame the publication once per protocol version, fan it out."""
+        if self._pending:
+            waiting = self._pending.get(channel)
+            if waiting:
+                for buffer in waiting.values():
+                    buffer.append((pub, epoch))
+        if pub.offset and channel in self.positioned:
+            self._check_position(channel, pub.offset, epoch)
         subscribers = self.hub.get(channel)
         subscribers_v2 = self.hub_v2.get(channel)
         if not subscribers and not subscribers_v2:
@@ -463,6 +565,23 @@ class Node:
             self.fanout.deliver(subscribers, pub_frame(False, channel_json, data, pub.offset, tags))
         if subscribers_v2:
             self.fanout.deliver(subscribers_v2, pub_frame(True, channel_json, data, pub.offset, tags))
+
+    def _check_position(self, channel: str, offset: int, epoch: str) -> None:
+        """Live position check (05 §9): a gap or an epoch change ends positioned subscriptions."""
+        last = self.positions.get(channel)
+        if last is not None and (last[0] != epoch or offset != last[1] + 1):
+            log.info("channel %s jumped from %s:%d to %s:%d: positioned clients must recover",
+                     channel, last[0], last[1], epoch, offset)
+            for conn in list(self.positioned.get(channel, ())):
+                self.disconnect_conn(conn, INSUFFICIENT_STATE)
+        if channel in self.positioned:
+            self.positions[channel] = (epoch, offset)
+
+    def reset_clients(self) -> None:
+        """This worker may have missed publications (bus overflow): every client reconnects and recovers."""
+        for conn in list(self.conns.values()):
+            if conn.state == CONNECTED:
+                self.disconnect_conn(conn, INSUFFICIENT_STATE)
 
     # -- server API (06 §4) ------------------------------------------------------------------
 
@@ -477,6 +596,27 @@ class Node:
                 if (not client or c.client_id == client) and (not session or c.session == session)
                 and c.close_reason is None and c.state == CONNECTED]
 
+    def _to_all_workers(self, op: str, args: dict) -> None:
+        """User-targeted commands act on the whole node: every other worker applies them too."""
+        if self.cluster is not None:
+            self.cluster.command(op, args)
+
+    async def apply_command(self, args: dict, _tail: bytes) -> None:
+        """A user-targeted command broadcast by another worker: apply it to our connections."""
+        op = args.pop("op")
+        try:
+            if op == "subscribe":
+                await self._subscribe_local(**_raw_fields(args, "info", "data"))
+            elif op == "unsubscribe":
+                self._unsubscribe_local(**args)
+            elif op == "disconnect":
+                code, reason, reconnect = args.pop("reason")
+                self._disconnect_local(**args, reason=Disconnect(code, reason, reconnect))
+            elif op == "refresh":
+                self._refresh_local(**_raw_fields(args, "info"))
+        except ApiError:
+            pass                          # the worker that took the API call reports errors
+
     async def publish(self, channel: str, data: bytes, *, skip_history: bool = False,
                       tags: dict[str, str] | None = None) -> tuple[int, str]:
         opts = self._options(channel)
@@ -486,40 +626,47 @@ class Node:
                         info: bytes | None = None, data: bytes | None = None, expire_at: int = 0,
                         recover_since: tuple[int, str] | None = None,
                         override: dict[str, bool] | None = None) -> None:
+        self._options(channel)
+        args = dict(user=user, channel=channel, client=client, session=session, expire_at=expire_at,
+                    recover_since=recover_since, override=override or {})
+        self._to_all_workers("subscribe", {**args, "info": _fragment(info), "data": _fragment(data)})
+        await self._subscribe_local(**args, info=info, data=data)
+
+    async def _subscribe_local(self, user: str, channel: str, client: str, session: str, info: bytes | None,
+                               data: bytes | None, expire_at: int, recover_since, override: dict) -> None:
         opts = self._options(channel)
-        override = override or {}
         conns = self._matching(user, client, session)
         if not conns:
             return
-        now = time.time()
-        if expire_at and expire_at <= now:
+        if expire_at and expire_at <= time.time():
             raise ApiError(100)
-        sub_template = Subscription(
-            presence=override.get("presence", opts.presence),
-            join_leave=override.get("join_leave", opts.join_leave),
-            recover=override.get("recover", opts.recover),
-            position=override.get("position", opts.position),
-            chan_info=info, expire_at=expire_at)
         for conn in conns:
             if channel not in conn.channels and len(conn.channels) >= self.cfg.client_channel_limit:
                 self.disconnect_conn(conn, CHANNEL_LIMIT)
                 continue
-            sub = Subscription(sub_template.presence, sub_template.join_leave, sub_template.recover,
-                               sub_template.position, info, data, expire_at)
-            positioned = sub.recover or sub.position
-            epoch, offset = "", 0
-            if positioned:
-                offset, epoch = await self.engine.stream_top(channel)
-                if recover_since is not None and recover_since[0] > offset:
-                    offset = recover_since[0]
+            sub = Subscription(presence=override.get("presence", opts.presence),
+                               join_leave=override.get("join_leave", opts.join_leave),
+                               recover=override.get("recover", opts.recover),
+                               position=override.get("position", opts.position),
+                               chan_info=info, data=data, expire_at=expire_at)
+            buffered: list[tuple[Publication, str]] = []
+            if sub.positioned:
+                self._begin_buffer(conn, [channel])
+                try:
+                    sub.offset, sub.epoch = await self.engine.stream_top(channel)
+                finally:
+                    buffered = self._end_buffer(conn, [channel])[channel]
+                if conn.close_reason is not None or conn.state != CONNECTED:
+                    continue
+            reported = max(sub.offset, recover_since[0]) if recover_since else sub.offset
             self._remove_from_hub(conn, channel)
-            payload = codec.subscribe_payload(recoverable=sub.recover, epoch=epoch, offset=offset,
-                                              positioned=positioned, data=data)
+            payload = codec.subscribe_payload(recoverable=sub.recover, epoch=sub.epoch, offset=reported,
+                                              positioned=sub.positioned, data=data)
             self.fanout.enqueue(conn, codec.frame_text(
                 codec.envelope(conn.v2, codec.SUBSCRIBE, codec.json_string(channel), payload)))
             self._add_to_hub(conn, channel, sub)
-            if sub.presence:
-                await self.engine.add_presence(channel, conn.client_id, self._presence_info(conn, sub))
+            if sub.positioned and not self._catch_up(conn, channel, sub, buffered):
+                continue
             if sub.join_leave:
                 self._broadcast_join_leave(codec.JOIN, channel, conn, sub)
             if expire_at:
@@ -528,19 +675,37 @@ class Node:
     async def unsubscribe(self, user: str, channel: str, *, client: str = "", session: str = "") -> None:
         if channel:
             self._options(channel)
+        args = dict(user=user, channel=channel, client=client, session=session)
+        self._to_all_workers("unsubscribe", args)
+        self._unsubscribe_local(**args)
+
+    def _unsubscribe_local(self, user: str, channel: str, client: str, session: str) -> None:
         for conn in self._matching(user, client, session):
             self._leave(conn, channel)
             self.fanout.enqueue(conn, codec.frame_text(codec.unsubscribe_push(conn.v2, channel)))
 
     async def disconnect(self, user: str, *, client: str = "", session: str = "",
                          whitelist: Iterable[str] | None = None, disconnect: Disconnect | None = None) -> None:
-        keep = set(whitelist or ())
+        reason = disconnect or FORCE_DISCONNECT
+        args = dict(user=user, client=client, session=session, whitelist=list(whitelist or ()))
+        self._to_all_workers("disconnect", {**args, "reason": [reason.code, reason.reason, reason.reconnect]})
+        self._disconnect_local(**args, reason=reason)
+
+    def _disconnect_local(self, user: str, client: str, session: str, whitelist: list[str],
+                          reason: Disconnect) -> None:
+        keep = set(whitelist)
         for conn in self._matching(user, client, session):
             if conn.client_id not in keep:
-                self.disconnect_conn(conn, disconnect or FORCE_DISCONNECT)
+                self.disconnect_conn(conn, reason)
 
     async def refresh(self, user: str, *, client: str = "", session: str = "", expired: bool = False,
                       expire_at: int = 0, info: bytes | None = None) -> None:
+        args = dict(user=user, client=client, session=session, expired=expired, expire_at=expire_at)
+        self._to_all_workers("refresh", {**args, "info": _fragment(info)})
+        self._refresh_local(**args, info=info)
+
+    def _refresh_local(self, user: str, client: str, session: str, expired: bool, expire_at: int,
+                       info: bytes | None) -> None:
         now = time.time()
         for conn in self._matching(user, client, session):
             if expired or (expire_at and expire_at <= now):
@@ -556,15 +721,28 @@ class Node:
                 push = codec.refresh_push(conn.v2, False, 0)
             self.fanout.enqueue(conn, codec.frame_text(push))
 
+    def local_presence(self, channel: str) -> dict[str, dict]:
+        """Presence of this worker's connections in `channel` (06 §4.7 ClientInfo values)."""
+        members = {}
+        for hub in (self.hub, self.hub_v2):
+            for conn in hub.get(channel, ()):
+                sub = conn.channels[channel]
+                if sub.presence:
+                    members[conn.client_id] = self._presence_info(conn, sub)
+        return members
+
     async def presence(self, channel: str) -> dict[str, dict]:
         if not self._options(channel).presence:
             raise ApiError(108)
-        return await self.engine.presence(channel)
+        members = self.local_presence(channel)
+        if self.cluster is not None:
+            for other in await self.cluster.survey("presence", {"channel": channel}):
+                members.update(other)
+        return members
 
     async def presence_stats(self, channel: str) -> tuple[int, int]:
-        if not self._options(channel).presence:
-            raise ApiError(108)
-        return await self.engine.presence_stats(channel)
+        members = await self.presence(channel)
+        return len(members), len({info["user"] for info in members.values()})
 
     async def history(self, channel: str, *, limit: int, since: tuple[int, str] | None,
                       reverse: bool) -> tuple[list[dict], int, str]:
@@ -587,11 +765,8 @@ class Node:
             raise ApiError(108)
         await self.engine.remove_history(channel)
 
-    async def channels(self, pattern: str) -> dict[str, int]:
-        try:
-            match = compile_glob(pattern) if pattern else None
-        except ValueError:
-            raise ApiError(100) from None
+    def local_channels(self, pattern: str) -> dict[str, int]:
+        match = compile_glob(pattern) if pattern else None
         counts: dict[str, int] = {}
         for hub in (self.hub, self.hub_v2):
             for channel, subscribers in hub.items():
@@ -599,28 +774,54 @@ class Node:
                     counts[channel] = counts.get(channel, 0) + len(subscribers)
         return counts
 
+    async def channels(self, pattern: str) -> dict[str, int]:
+        try:
+            counts = self.local_channels(pattern)
+        except ValueError:
+            raise ApiError(100) from None
+        if self.cluster is not None:
+            for other in await self.cluster.survey("channels", {"pattern": pattern}):
+                for channel, n in other.items():
+                    counts[channel] = counts.get(channel, 0) + n
+        return counts
+
     def stats(self) -> dict:
-        """This worker's figures, as one `info` node entry (06 §4.12)."""
-        channels = set(self.hub) | set(self.hub_v2)
+        """This worker's figures (06 §4.12 node fields, plus engine and bus gauges)."""
         entry = {
             "uid": self.uid, "name": self.name, "version": self.version,
             "num_clients": sum(1 for c in self.conns.values() if c.state == CONNECTED),
             "num_users": len(self.users),
-            "num_channels": len(channels),
+            "num_channels": len(set(self.hub) | set(self.hub_v2)),
             "num_subs": sum(len(s) for s in self.hub.values()) + sum(len(s) for s in self.hub_v2.values()),
         }
         uptime = int(time.time() - self.started)
         if uptime:
             entry["uptime"] = uptime
-        # Live engine gauges (06 §4.12 allows `metrics`); the engine is swept every tick.
-        entry["metrics"] = {"interval": float(self.tick), "items": {
-            "uniws.engine.streams": float(self.engine.num_streams()),
-            "uniws.engine.presence_channels": float(self.engine.num_presence_channels()),
-        }}
+        presence_channels = sum(1 for hub in (self.hub, self.hub_v2) for channel, subscribers in hub.items()
+                                if any(conn.channels[channel].presence for conn in subscribers))
+        items = {"uniws.engine.streams": float(self.engine.num_streams()),
+                 "uniws.node.presence_channels": float(presence_channels)}
+        if self.cluster is not None:
+            items.update({f"uniws.bus.{k}": float(v) for k, v in self.cluster.bus.stats().items()})
+            items["uniws.bus.overflows"] = float(self.cluster.overflows)
+        entry["metrics"] = {"interval": float(self.tick), "items": items}
         return entry
 
     async def info(self) -> list[dict]:
-        return [self.stats()]
+        """One node entry for the whole process group: sums over workers, per-worker figures under
+        `workers` (num_users and num_channels count a user or channel once per worker)."""
+        workers = [self.stats()]
+        if self.cluster is not None:
+            workers += await self.cluster.survey("stats", {})
+        node = dict(workers[0])
+        for key in ("num_clients", "num_users", "num_channels", "num_subs"):
+            node[key] = sum(w[key] for w in workers)
+        node["metrics"] = {"interval": workers[0]["metrics"]["interval"], "items": {
+            key: sum(w["metrics"]["items"].get(key, 0.0) for w in workers)
+            for key in workers[0]["metrics"]["items"]}}
+        if len(workers) > 1:
+            node["workers"] = workers
+        return [node]
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -638,3 +839,17 @@ class Node:
         while self.conns and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         return not self.conns
+
+
+def _fragment(raw: bytes | None):
+    """Raw JSON carried inside a bus command (decoded back by `_raw_fields`)."""
+    return orjson.Fragment(raw) if raw is not None else None
+
+
+def _raw_fields(args: dict, *names: str) -> dict:
+    for name in names:
+        if args.get(name) is not None:
+            args[name] = orjson.dumps(args[name])
+    if args.get("recover_since") is not None:
+        args["recover_since"] = tuple(args["recover_since"])
+    return args

@@ -1,4 +1,8 @@
-"""Running one worker: event loop, listeners, signals, graceful shutdown (07 §6-§7)."""
+"""Running a worker: event loop, listeners, signals, graceful shutdown (07 §6-§7).
+
+`serve` runs one worker in this process when `workers` is 1, and otherwise hands
+over to the supervisor, which forks the workers and calls `run_worker` in each.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,13 @@ import os
 import signal
 import socket
 import sys
-import time
+from typing import Callable
 
 import uvloop
 
+from . import __version__
 from .api import Api
+from .bus import Bus
 from .http import HttpFront, Routes
 from .node import Node
 from .transport import UniWebSocket
@@ -32,58 +38,72 @@ def listening_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
-def _routes(cfg, node: Node) -> tuple[Routes, Routes | None, list[str], list[str]]:
-    """External and (when on another host:port) internal routes, with their endpoint names."""
+def _prefix(value: str) -> str:
+    return value.rstrip("/") or "/"
+
+
+def _listeners(cfg, node: Node) -> list[tuple[Routes, str, int, list[str]]]:
+    """(routes, address, port, endpoint names) for the external and, when separate, internal listener."""
     api = None if cfg.api_disable else Api(node, api_key=cfg.api_key, api_insecure=cfg.api_insecure,
                                            handler_prefix=cfg.api_handler_prefix,
                                            error_mode=cfg.api_error_mode)
     ws = UniWebSocket(node, cfg) if cfg.uni_websocket else None
     ws_path = _prefix(cfg.uni_websocket_handler_prefix) if ws else None
     health = _prefix(cfg.health_handler_prefix) if cfg.health else None
-    internal_separate = (cfg.internal_port and int(cfg.internal_port) != cfg.port) or \
-        (cfg.internal_address and cfg.internal_address != cfg.address)
-    internal_names = [n for n, on in (("api", api), ("health", health)) if on]
-    if not internal_separate:
+    internal_port = int(cfg.internal_port) if cfg.internal_port else cfg.port
+    internal_address = cfg.internal_address or cfg.address
+    internal_names = [name for name, on in (("api", api), ("health", health)) if on]
+    if (internal_address, internal_port) == (cfg.address, cfg.port):
         names = internal_names + (["uni_websocket"] if ws else [])
-        return Routes(ws_path, ws, api, health), None, names, []
-    external = Routes(ws_path, ws, None, None)
-    internal = Routes(None, None, api, health)
-    return external, internal, (["uni_websocket"] if ws else []), internal_names
+        return [(Routes(ws_path, ws, api, health), cfg.address, cfg.port, names)]
+    listeners = [(Routes(ws_path, ws, None, None), cfg.address, cfg.port, ["uni_websocket"] if ws else [])]
+    if internal_names:
+        listeners.append((Routes(None, None, api, health), internal_address, internal_port, internal_names))
+    return listeners
 
 
-def _prefix(value: str) -> str:
-    return value.rstrip("/") or "/"
+def reload_node(node: Node, reload: Callable | None) -> None:
+    """SIGHUP: token keys and channel rules from the re-read config; anything invalid keeps the old."""
+    if reload is None:
+        return
+    log.info("reloading configuration")
+    try:
+        node.reload(reload())
+    except Exception as exc:           # ConfigError, or a key that does not parse
+        log.error("configuration reload failed: %s", getattr(exc, "message", exc))
+        return
+    log.info("configuration successfully reloaded")
 
 
-async def run(cfg, ready: asyncio.Event | None = None) -> int:
+async def run(cfg, *, index: int = 0, count: int = 1, ipc_dir: str = "", uid: str | None = None,
+              reload: Callable | None = None) -> int:
     loop = asyncio.get_running_loop()
-    node = Node(cfg, loop)
-    external, internal, ext_names, int_names = _routes(cfg, node)
+    node = Node(cfg, loop, index=index, count=count, uid=uid)
+    bus = None
+    if count > 1:
+        bus = Bus(loop, index, count, ipc_dir, node.cluster)
+        node.cluster.attach(bus)
     servers = []
-    if internal is not None:
-        internal_address = cfg.internal_address or cfg.address
-        internal_port = int(cfg.internal_port) if cfg.internal_port else cfg.port
-        if int_names:
-            servers.append((internal, internal_address, internal_port, int_names))
-    if ext_names or internal is None:
-        servers.append((external, cfg.address, cfg.port, ext_names))
-    started = []
-    for routes, address, port, names in servers:
+    for routes, address, port, names in _listeners(cfg, node):
         sock = listening_socket(address, port)
-        server = await loop.create_server(lambda r=routes: HttpFront(r), sock=sock)
-        started.append(server)
-        log.info("serving %s endpoints on %s:%d", ", ".join(names) or "no", address, port)
+        servers.append(await loop.create_server(lambda r=routes: HttpFront(r), sock=sock))
+        if index == 0:
+            log.info("serving %s endpoints on %s:%d", ", ".join(names) or "no", address, port)
     node.start()
 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_node, node, reload)
     await stop.wait()
 
-    log.info("shutting down ...")
-    for server in started:
+    if index == 0:
+        log.info("shutting down ...")
+    for server in servers:
         server.close()
     ok = await node.shutdown(cfg.shutdown_timeout)
+    if bus is not None:
+        bus.close()
     if not ok:
         log.error("shutdown timeout: %d clients still connected", len(node.conns))
         return 1
@@ -92,7 +112,17 @@ async def run(cfg, ready: asyncio.Event | None = None) -> int:
     return 0
 
 
-def serve(cfg) -> int:
+def run_worker(cfg, **kwargs) -> int:
+    """One worker's event loop until SIGINT/SIGTERM; returns its exit code."""
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(run(cfg, **kwargs))
+    except OSError as exc:
+        log.critical("ListenAndServe: %s", exc)
+        return 1
+
+
+def serve(cfg, reload: Callable | None = None) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit code."""
     pid_file = cfg.pid_file
     if pid_file:
@@ -102,14 +132,14 @@ def serve(cfg) -> int:
         except OSError as exc:
             print(f"error writing PID: {exc}", file=sys.stderr)
             return 1
-    log.info("starting uniws", extra={"fields": {"version": __import__("uniws").__version__,
-                                                  "pid": os.getpid(), "engine": cfg.engine}})
+    workers = cfg.workers or os.cpu_count() or 1
+    log.info("starting uniws", extra={"fields": {"version": __version__, "pid": os.getpid(),
+                                                  "engine": cfg.engine, "workers": workers}})
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(run(cfg))
-    except OSError as exc:
-        log.critical("ListenAndServe: %s", exc)
-        return 1
+        if workers == 1:
+            return run_worker(cfg, reload=reload)
+        from .supervisor import Supervisor
+        return Supervisor(cfg, workers, reload).run()
     finally:
         if pid_file:
             try:

@@ -29,7 +29,7 @@ class Server:
     def __init__(self, tmp: Path, config: dict, env: dict | None = None, args: list[str] | None = None):
         self.port = free_port()
         self.config = {"token_hmac_secret_key": "secret", "api_key": "apikey", "uni_websocket": True,
-                       "health": True, **config}
+                       "health": True, "workers": 1, **config}
         self.path = tmp / "config.json"
         self.path.write_text(json.dumps(self.config))
         self.log_path = tmp / f"server-{self.port}.log"

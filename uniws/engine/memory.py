@@ -1,4 +1,4 @@
-"""In-process engine: channel streams (epoch, offsets, bounded history) and presence.
+"""In-process engine: channel streams (epoch, offsets, bounded history).
 
 Spec 05 §7 and 08 §8.2. Time comes from `clock` so expiry is testable; expired
 history and stream metadata are reclaimed by `sweep`, which the node calls once
@@ -37,13 +37,15 @@ class Stream:
 
 
 class MemoryEngine:
-    def __init__(self, handler: EngineHandler, *, history_meta_ttl: float = 0.0,
+    def __init__(self, handler: EngineHandler | None, *, history_meta_ttl: float = 0.0,
                  clock: Callable[[], float] = time.time) -> None:
         self._handler = handler
         self._meta_ttl = history_meta_ttl
         self._clock = clock
         self._streams: dict[str, Stream] = {}
-        self._presence: dict[str, dict[str, dict]] = {}
+
+    def set_handler(self, handler: EngineHandler) -> None:
+        self._handler = handler
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -119,25 +121,3 @@ class MemoryEngine:
 
     def num_streams(self) -> int:
         return len(self._streams)
-
-    def num_presence_channels(self) -> int:
-        return len(self._presence)
-
-    # -- presence --------------------------------------------------------------------------
-
-    async def add_presence(self, channel: str, client: str, info: dict) -> None:
-        self._presence.setdefault(channel, {})[client] = info
-
-    async def remove_presence(self, channel: str, client: str) -> None:
-        members = self._presence.get(channel)
-        if members is not None:
-            members.pop(client, None)
-            if not members:
-                del self._presence[channel]
-
-    async def presence(self, channel: str) -> dict[str, dict]:
-        return dict(self._presence.get(channel, {}))
-
-    async def presence_stats(self, channel: str) -> tuple[int, int]:
-        members = self._presence.get(channel, {})
-        return len(members), len({info["user"] for info in members.values()})

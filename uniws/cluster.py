@@ -1,0 +1,276 @@
+"""One node out of several worker processes: channel ownership and node-wide operations over the bus.
+
+Each channel stream has one authority, its owner worker (a stable hash of the
+name). The owner assigns offsets, keeps history and broadcasts every
+publication of the channel to all workers, so every worker sees a channel's
+publications in the same order. Other workers reach the owner with requests.
+Presence, `channels` and `info` are answered by surveying every worker (the
+connections are where the truth is), and user-targeted commands (subscribe,
+unsubscribe, disconnect, refresh) are broadcast and applied by every worker.
+
+Wire format of bus messages (each a bytes object, one kind byte first):
+  P  publication   <QHHI> offset, len(channel), len(epoch), len(tags) + channel + epoch + tags + data
+  R  request       <II>   request id, len(json) + json + raw tail
+  A  answer        <IBI>  request id, status (0 ok, else the API error code), len(json) + json + raw tail
+  C  command       <I>    len(json) + json + raw tail
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import zlib
+from typing import Any, Callable
+
+import orjson
+
+from .engine.base import Publication
+from .engine.memory import MemoryEngine
+from .errors import ApiError
+
+log = logging.getLogger("uniws.cluster")
+
+_PUB = struct.Struct("<QHHI")
+_REQ = struct.Struct("<II")
+_ANS = struct.Struct("<IBI")
+_CMD = struct.Struct("<I")
+_PUB_ITEM = struct.Struct("<QII")
+REQUEST_TIMEOUT = 5.0
+
+
+def owner_of(channel: str, count: int) -> int:
+    """The worker that owns a channel's stream: stable across processes and restarts."""
+    return zlib.crc32(channel.encode("utf-8", "surrogatepass")) % count
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+def _tags_bytes(tags: dict[str, str] | None) -> bytes:
+    return orjson.dumps(tags) if tags else b""
+
+
+def encode_pub(channel: str, epoch: str, pub: Publication) -> bytes:
+    ch, ep, tags = channel.encode(), epoch.encode(), _tags_bytes(pub.tags)
+    return b"P" + _PUB.pack(pub.offset, len(ch), len(ep), len(tags)) + ch + ep + tags + pub.data
+
+
+def decode_pub(message: bytes) -> tuple[str, str, Publication]:
+    offset, n_ch, n_ep, n_tags = _PUB.unpack_from(message, 1)
+    pos = 1 + _PUB.size
+    channel = message[pos:pos + n_ch].decode()
+    pos += n_ch
+    epoch = message[pos:pos + n_ep].decode()
+    pos += n_ep
+    tags = orjson.loads(message[pos:pos + n_tags]) if n_tags else None
+    return channel, epoch, Publication(message[pos + n_tags:], offset, tags)
+
+
+def encode_pubs(pubs: list[Publication]) -> bytes:
+    parts = []
+    for pub in pubs:
+        tags = _tags_bytes(pub.tags)
+        parts.append(_PUB_ITEM.pack(pub.offset, len(tags), len(pub.data)) + tags + pub.data)
+    return b"".join(parts)
+
+
+def decode_pubs(blob: bytes) -> list[Publication]:
+    pubs, pos = [], 0
+    while pos < len(blob):
+        offset, n_tags, n_data = _PUB_ITEM.unpack_from(blob, pos)
+        pos += _PUB_ITEM.size
+        tags = orjson.loads(blob[pos:pos + n_tags]) if n_tags else None
+        pos += n_tags
+        pubs.append(Publication(blob[pos:pos + n_data], offset, tags))
+        pos += n_data
+    return pubs
+
+
+def _split(message: bytes, head: struct.Struct) -> tuple[tuple, Any, bytes]:
+    fields = head.unpack_from(message, 1)
+    start = 1 + head.size
+    end = start + fields[-1]
+    return fields, orjson.loads(message[start:end]), message[end:]
+
+
+class Cluster:
+    """The bus side of one worker: owner routing, requests, surveys and commands."""
+
+    def __init__(self, node, index: int, count: int, local: MemoryEngine) -> None:
+        self.node = node
+        self.index = index
+        self.count = count
+        self.local = local
+        self.bus = None                        # set by attach(); a Bus
+        self._next_id = 0
+        self._waiting: dict[int, asyncio.Future] = {}
+        self.overflows = 0
+
+    def attach(self, bus) -> None:
+        self.bus = bus
+
+    def owner(self, channel: str) -> int:
+        return owner_of(channel, self.count)
+
+    # -- the owner's broadcast -----------------------------------------------------------
+
+    def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
+        """MemoryEngine callback on the owner: deliver here and send to every other worker."""
+        self.node.handle_publication(channel, pub, epoch)
+        self.bus.broadcast(encode_pub(channel, epoch, pub))
+
+    # -- requests to one worker --------------------------------------------------------------
+
+    async def request(self, worker: int, op: str, args: dict, tail: bytes = b"") -> tuple[Any, bytes]:
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        request_id = self._next_id
+        future = self.node.loop.create_future()
+        self._waiting[request_id] = future
+        body = orjson.dumps({"op": op, **args})
+        self.bus.send(worker, b"R" + _REQ.pack(request_id, len(body)) + body + tail)
+        try:
+            return await asyncio.wait_for(future, REQUEST_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.warning("worker %d did not answer %s within %.0f s", worker, op, REQUEST_TIMEOUT)
+            raise ApiError(100) from None
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def survey(self, op: str, args: dict) -> list[Any]:
+        """Ask every other worker; their answers in worker order."""
+        answers = await asyncio.gather(*(self.request(w, op, args) for w in range(self.count) if w != self.index))
+        return [result for result, _tail in answers]
+
+    def command(self, op: str, args: dict, tail: bytes = b"") -> None:
+        body = orjson.dumps({"op": op, **args})
+        self.bus.broadcast(b"C" + _CMD.pack(len(body)) + body + tail)
+
+    # -- bus handler -----------------------------------------------------------------------
+
+    def on_bus_message(self, sender: int, message: bytes) -> None:
+        kind = message[0]
+        if kind == 0x50:                      # P
+            channel, epoch, pub = decode_pub(message)
+            self.node.handle_publication(channel, pub, epoch)
+        elif kind == 0x52:                    # R
+            (request_id, _), args, tail = _split(message, _REQ)
+            task = self.node.loop.create_task(self._answer(sender, request_id, args, tail))
+            self.node.track(task)
+        elif kind == 0x41:                    # A
+            (request_id, status, _), result, tail = _split(message, _ANS)
+            future = self._waiting.get(request_id)
+            if future is not None and not future.done():
+                if status:
+                    future.set_exception(ApiError(status))
+                else:
+                    future.set_result((result, tail))
+        elif kind == 0x43:                    # C
+            _, args, tail = _split(message, _CMD)
+            task = self.node.loop.create_task(self.node.apply_command(args, tail))
+            self.node.track(task)
+
+    def on_bus_gap(self, sender: int, lost: int) -> None:
+        """Batches from `sender` were dropped: our clients may have missed publications."""
+        self.overflows += 1
+        log.error("lost %d bus batches from worker %d: reconnecting this worker's clients", lost, sender)
+        self.node.reset_clients()
+
+    async def _answer(self, sender: int, request_id: int, args: dict, tail: bytes) -> None:
+        status, result, out_tail = 0, None, b""
+        try:
+            result, out_tail = await self._serve(args, tail)
+        except ApiError as exc:
+            status = exc.code
+        except Exception:
+            log.exception("request %s from worker %d failed", args.get("op"), sender)
+            status = 100
+        body = orjson.dumps(result)
+        self.bus.send(sender, b"A" + _ANS.pack(request_id, status, len(body)) + body + out_tail)
+
+    async def _serve(self, args: dict, tail: bytes) -> tuple[Any, bytes]:
+        op = args["op"]
+        handler: Callable | None = getattr(self, "_op_" + op, None)
+        if handler is None:
+            raise ApiError(104)
+        return await handler(args, tail)
+
+    # -- what an owner serves ------------------------------------------------------------------
+
+    async def _op_publish(self, args: dict, data: bytes) -> tuple[Any, bytes]:
+        opts = self.node.rules.options(args["channel"])
+        if opts is None:
+            raise ApiError(102)
+        offset, epoch = await self.local.publish(args["channel"], data, opts, skip_history=args["skip_history"],
+                                                 tags=args.get("tags"))
+        return [offset, epoch], b""
+
+    async def _op_stream_top(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        return list(await self.local.stream_top(args["channel"])), b""
+
+    async def _op_history(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        since = tuple(args["since"]) if args["since"] is not None else None
+        pubs, top, epoch = await self.local.history(args["channel"], since=since, limit=args["limit"],
+                                                    reverse=args["reverse"])
+        return [top, epoch], encode_pubs(pubs)
+
+    async def _op_remove_history(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        await self.local.remove_history(args["channel"])
+        return None, b""
+
+    # -- what every worker serves for surveys ----------------------------------------------------
+
+    async def _op_presence(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        return self.node.local_presence(args["channel"]), b""
+
+    async def _op_channels(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        return self.node.local_channels(args["pattern"]), b""
+
+    async def _op_stats(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        return self.node.stats(), b""
+
+
+class ShardedEngine:
+    """The engine interface over channel owners: local calls for owned channels, requests otherwise."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.local = cluster.local
+
+    def _remote(self, channel: str) -> int | None:
+        owner = self.cluster.owner(channel)
+        return None if owner == self.cluster.index else owner
+
+    async def publish(self, channel, data, opts, *, skip_history=False, tags=None):
+        owner = self._remote(channel)
+        if owner is None:
+            return await self.local.publish(channel, data, opts, skip_history=skip_history, tags=tags)
+        (offset, epoch), _ = await self.cluster.request(
+            owner, "publish", {"channel": channel, "skip_history": skip_history, "tags": tags}, data)
+        return offset, epoch
+
+    async def stream_top(self, channel):
+        owner = self._remote(channel)
+        if owner is None:
+            return await self.local.stream_top(channel)
+        (offset, epoch), _ = await self.cluster.request(owner, "stream_top", {"channel": channel})
+        return offset, epoch
+
+    async def history(self, channel, *, since, limit, reverse):
+        owner = self._remote(channel)
+        if owner is None:
+            return await self.local.history(channel, since=since, limit=limit, reverse=reverse)
+        (top, epoch), tail = await self.cluster.request(
+            owner, "history", {"channel": channel, "since": since, "limit": limit, "reverse": reverse})
+        return decode_pubs(tail), top, epoch
+
+    async def remove_history(self, channel):
+        owner = self._remote(channel)
+        if owner is None:
+            return await self.local.remove_history(channel)
+        await self.cluster.request(owner, "remove_history", {"channel": channel})
+
+    def sweep(self) -> None:
+        self.local.sweep()
+
+    def num_streams(self) -> int:
+        return self.local.num_streams()

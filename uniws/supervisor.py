@@ -1,0 +1,174 @@
+"""The supervisor: forks `workers` worker processes and keeps them running.
+
+It serves no clients. Each worker opens its own SO_REUSEPORT listening socket,
+so the kernel spreads connections over them, and joins the bus through ipc
+endpoints in a private directory. A worker that dies is restarted (after 0.1 s,
+doubling up to 5 s while it keeps dying within 10 s of its start). SIGTERM or
+SIGINT is relayed to every worker for a graceful shutdown; SIGHUP re-reads the
+config, and if it is valid, is relayed so every worker reloads token keys and
+channel rules without dropping connections.
+
+Signals are turned into bytes on a pipe (`signal.set_wakeup_fd`) and handled in a
+plain select loop: the supervisor has no event loop and no ZeroMQ context, so
+forking a worker from it is always safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from typing import Callable
+
+log = logging.getLogger("uniws.supervisor")
+
+_RESTART_MIN, _RESTART_MAX, _STABLE_AFTER = 0.1, 5.0, 10.0
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
+
+
+class Supervisor:
+    def __init__(self, cfg, count: int, reload: Callable | None = None) -> None:
+        self.cfg = cfg
+        self.count = count
+        self.reload = reload
+        self.uid = str(uuid.uuid4())
+        self.ipc_dir = ""
+        self.pids: dict[int, int] = {}               # pid -> worker index
+        self.started: dict[int, float] = {}          # index -> start time
+        self.delay: dict[int, float] = {}            # index -> next restart delay
+        self.restart_at: dict[int, float] = {}       # index -> when to start it again
+        self.restarts = 0
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker(index)
+        self.pids[pid] = index
+        self.started[index] = time.monotonic()
+        log.info("worker %d started (pid %d)", index, pid)
+
+    def _become_worker(self, index: int) -> None:
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in _SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            from .server import run_worker
+            code = run_worker(self.cfg, index=index, count=self.count, ipc_dir=self.ipc_dir, uid=self.uid,
+                              reload=self.reload)
+        except BaseException:
+            log.exception("worker %d crashed", index)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            index = self.pids.pop(pid, None)
+            if index is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if self.stopping:
+                continue
+            alive = time.monotonic() - self.started.get(index, 0.0)
+            delay = _RESTART_MIN if alive > _STABLE_AFTER else self.delay.get(index, _RESTART_MIN)
+            self.delay[index] = min(delay * 2, _RESTART_MAX)
+            self.restart_at[index] = time.monotonic() + delay
+            self.restarts += 1
+            log.error("worker %d (pid %d) exited with %s; restarting in %.1f s", index, pid, code, delay)
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for index, when in list(self.restart_at.items()):
+            if when <= now:
+                del self.restart_at[index]
+                self._spawn(index)
+
+    def _signal_workers(self, sig: int) -> None:
+        for pid in list(self.pids):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # -- main loop --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.stopping = False
+        self.ipc_dir = tempfile.mkdtemp(prefix="uniws-bus-")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        for sig in _SIGNALS:
+            signal.signal(sig, lambda *_: None)      # the wakeup fd carries the signal number
+        signal.set_wakeup_fd(self._wake_w)
+        try:
+            for index in range(self.count):
+                self._spawn(index)
+            return self._loop()
+        finally:
+            signal.set_wakeup_fd(-1)
+            shutil.rmtree(self.ipc_dir, ignore_errors=True)
+
+    def _loop(self) -> int:
+        while True:
+            timeout = None
+            if self.restart_at:
+                timeout = max(0.0, min(self.restart_at.values()) - time.monotonic())
+            ready, _, _ = select.select([self._wake_r], [], [], timeout)
+            signals = os.read(self._wake_r, 256) if ready else b""
+            for sig in signals:
+                if sig in (signal.SIGINT, signal.SIGTERM):
+                    return self._shutdown()
+                if sig == signal.SIGHUP:
+                    self._reload()
+                elif sig == signal.SIGCHLD:
+                    self._reap()
+            self._restart_due()
+
+    def _reload(self) -> None:
+        if self.reload is not None:
+            try:
+                self.cfg = self.reload()
+            except Exception as exc:
+                log.error("configuration reload failed: %s", getattr(exc, "message", exc))
+                return
+        self._signal_workers(signal.SIGHUP)
+
+    def _shutdown(self) -> int:
+        """Relay SIGTERM and wait for every worker, at most shutdown_timeout (+1 s of slack)."""
+        self.stopping = True
+        self.restart_at.clear()
+        log.info("shutting down %d workers", len(self.pids))
+        self._signal_workers(signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.shutdown_timeout + 1.0
+        failed = False
+        while self.pids and time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.02)
+                continue
+            if self.pids.pop(pid, None) is not None and os.waitstatus_to_exitcode(status) != 0:
+                failed = True
+        if self.pids:
+            log.error("workers %s did not stop in time; killing them", sorted(self.pids.values()))
+            self._signal_workers(signal.SIGKILL)
+            return 1
+        return 1 if failed else 0
