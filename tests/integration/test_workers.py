@@ -1,0 +1,229 @@
+"""Several worker processes behaving as one node (SO_REUSEPORT workers, the bus, channel owners)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from uniws.cluster import owner_of
+
+from .wsclient import UniClient
+
+CONFIG = {"workers": 4, "history_size": 1000, "history_ttl": "300s", "recover": True, "presence": True}
+
+
+def info(server) -> dict:
+    return server.api("info")["result"]["nodes"][0]
+
+
+def worker_pids(server) -> dict[int, int]:
+    """index -> pid of the live workers, from the supervisor's log lines."""
+    pids = {}
+    for index, pid in re.findall(r'"worker (\d+) started \(pid (\d+)\)"', server.log()):
+        pids[int(index)] = int(pid)
+    return pids
+
+
+def wait_for(predicate, timeout: float = 10.0, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+class Subscriber:
+    """A recovering client of one channel that remembers every (epoch, offset) it saw, across reconnects."""
+
+    def __init__(self, server, channel: str, user: str) -> None:
+        self.server, self.channel, self.user = server, channel, user
+        self.seen: list[tuple[str, int]] = []
+        self.epoch = ""
+        self.position = 0
+        self.sessions = 0
+        self.unrecovered = 0
+        self.connect()
+
+    def connect(self) -> None:
+        hint = {"recover": True, "offset": self.position, "epoch": self.epoch}
+        self.client = UniClient(self.server.ws_url, {"token": self.server.token(self.user),
+                                                     "subs": {self.channel: hint}})
+        push = self.client.recv_json(timeout=10)
+        assert push["type"] == 6, push
+        result = push["data"]["subs"][self.channel]
+        if self.sessions and not result.get("recovered"):
+            self.unrecovered += 1                          # a declared gap, never a silent one
+        self.epoch = result["epoch"]
+        self.seen += [(self.epoch, p["offset"]) for p in result.get("publications", [])]
+        self.position = result.get("offset", 0)
+        self.sessions += 1
+
+    def read_until(self, offset: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.position < offset and time.monotonic() < deadline:
+            try:
+                push = self.client.recv_json(timeout=max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+            except Exception:                              # connection lost: reconnect and recover
+                self.connect()
+                continue
+            if push.get("type") == 7:
+                self.connect()
+            elif "channel" in push and "type" not in push:
+                self.position = push["data"]["offset"]
+                self.seen.append((self.epoch, self.position))
+
+    def assert_consistent(self, last: int) -> None:
+        """Per epoch strictly increasing offsets; without a declared gap, exactly 1..last."""
+        assert len(self.seen) == len(set(self.seen)), self.seen
+        for (e1, o1), (e2, o2) in zip(self.seen, self.seen[1:]):
+            assert e1 != e2 or o2 > o1, self.seen
+        if not self.unrecovered:
+            assert [o for _, o in self.seen] == list(range(1, last + 1)), self.seen
+        assert self.position == last
+
+
+def test_subscribers_on_every_worker_get_publications_in_order(start_server):
+    server = start_server(CONFIG)
+    subscribers = [Subscriber(server, "abc", f"u{i}") for i in range(24)]
+    per_worker = [w["num_clients"] for w in info(server)["workers"]]
+    assert len(per_worker) == 4 and sum(per_worker) == 24
+    assert all(per_worker), per_worker               # the kernel spread them over every worker
+    for n in range(1, 51):                           # each request on a new connection: any worker
+        assert server.publish("abc", {"n": n})["result"]["offset"] == n
+    for sub in subscribers:
+        sub.read_until(50)
+        sub.assert_consistent(50)
+        assert sub.unrecovered == 0
+    assert info(server)["metrics"]["items"]["uniws.bus.gaps"] == 0
+
+
+def test_node_wide_api(start_server):
+    server = start_server(CONFIG)
+    clients = [UniClient(server.ws_url, {"token": server.token(f"u{i % 3}"), "subs": {"room": {}}}) for i in range(12)]
+    for client in clients:
+        assert client.recv_json()["type"] == 6
+    assert server.api("presence_stats", {"channel": "room"})["result"] == {"num_clients": 12, "num_users": 3}
+    assert len(server.api("presence", {"channel": "room"})["result"]["presence"]) == 12
+    assert server.api("channels", {"pattern": "ro*"})["result"]["channels"] == {"room": {"num_clients": 12}}
+    node = info(server)
+    assert node["num_clients"] == 12 and len(node["workers"]) == 4
+    assert len({w["uid"] for w in node["workers"]}) == 1
+    server.api("disconnect", {"user": "u1"})                 # reaches the user on every worker
+    for client in clients[1::3]:
+        assert client.until_closed() == ['{"type":7,"data":{"code":3503,"reason":"force disconnect"}}']
+    assert wait_for(lambda: info(server)["num_clients"] == 8)
+    server.api("subscribe", {"user": "u2", "channel": "extra"})
+    assert wait_for(lambda: server.api("channels", {"pattern": "extra"})["result"]["channels"] == {"extra": {"num_clients": 4}})
+    for n in range(3):
+        server.publish("room", n)
+    history = server.api("history", {"channel": "room", "limit": -1})["result"]
+    assert [p["offset"] for p in history["publications"]] == [1, 2, 3]
+
+
+def test_reconnect_to_any_worker_recovers_exactly(start_server):
+    server = start_server(CONFIG)
+    sub = Subscriber(server, "news", "u1")
+    published = 0
+    for round_ in range(15):
+        sub.client.close()
+        for _ in range(7):
+            published += 1
+            server.publish("news", {"n": published})
+        sub.connect()                                  # lands on whichever worker the kernel picks
+        sub.read_until(published)
+    sub.assert_consistent(published)
+    assert sub.unrecovered == 0
+
+
+class Publisher(threading.Thread):
+    """Publishes to one channel at a steady rate, retrying requests that hit a dying worker."""
+
+    def __init__(self, server, channel: str, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.server, self.channel, self.period = server, channel, 1.0 / rate
+        self.stop = threading.Event()
+        self.last_offset = 0
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                result = self.server.publish(self.channel, {"n": n})["result"]
+                self.last_offset = result["offset"]
+            except (requests.RequestException, AssertionError):
+                pass
+            time.sleep(self.period)
+
+
+@pytest.mark.parametrize("victim", ["other", "owner"])
+def test_kill_9_of_a_worker_under_load(start_server, victim):
+    server = start_server(CONFIG)
+    channel = "live"
+    owner = owner_of(channel, 4)
+    subscribers = [Subscriber(server, channel, f"u{i}") for i in range(16)]
+    publisher = Publisher(server, channel, rate=100)
+    publisher.start()
+    try:
+        time.sleep(0.5)
+        pids = worker_pids(server)
+        index = owner if victim == "owner" else (owner + 1) % 4
+        os.kill(pids[index], signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_for(lambda: worker_pids(server).get(index, pids[index]) != pids[index], timeout=5)
+        assert time.monotonic() - killed_at < 2.0                   # restarted within 2 s
+        time.sleep(1.0)
+    finally:
+        publisher.stop.set()
+        publisher.join()
+    last = server.api("history", {"channel": channel, "limit": 0})["result"]["offset"]
+    for sub in subscribers:
+        sub.read_until(last)
+        sub.assert_consistent(last)                  # in order, no duplicates, gaps only when declared
+    reconnected = [s for s in subscribers if s.sessions > 1]
+    if victim == "other":
+        assert all(s.unrecovered == 0 for s in subscribers)      # history survived: exact recovery
+        assert len(reconnected) < len(subscribers)                # clients of other workers stayed
+    else:
+        assert all(s.unrecovered for s in reconnected)            # history was lost: recovered false
+    assert len(info(server)["workers"]) == 4
+    assert "Traceback" not in server.log()
+
+
+def test_sighup_reloads_channel_rules(start_server, tmp_path):
+    server = start_server(CONFIG)
+    assert server.api("publish", {"channel": "news:x", "data": 1})["error"]["code"] == 102
+    client = UniClient(server.ws_url, {"token": server.token("u1"), "subs": {"abc": {}}})
+    assert client.recv_json()["type"] == 6
+    config = json.loads(server.path.read_text())
+    server.path.write_text(json.dumps({**config, "namespaces": [{"name": "news"}]}))
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: all("result" in server.api("publish", {"channel": "news:x", "data": 1}) for _ in range(8)))
+    server.path.write_text(json.dumps({**config, "history_ttl": "0s"}))     # invalid: keeps the old rules
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reload failed" in server.log())
+    assert all("result" in server.api("publish", {"channel": "news:x", "data": 1}) for _ in range(8))
+    server.publish("abc", 1)
+    assert client.recv_json()["channel"] == "abc"                            # no connection dropped
+
+
+def test_graceful_shutdown_of_all_workers(start_server):
+    server = start_server(CONFIG)
+    clients = [UniClient(server.ws_url, {"token": server.token(f"u{i}")}) for i in range(12)]
+    for client in clients:
+        client.recv_json()
+    server.proc.send_signal(signal.SIGTERM)
+    for client in clients:
+        assert client.until_closed() == ['{"type":7,"data":{"code":3001,"reason":"shutdown","reconnect":true}}']
+    assert server.proc.wait(10) == 0
