@@ -18,7 +18,7 @@ from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
-from picows.picows cimport WSFrame, WSListener, WSMsgType, WSTransport
+from picows.picows cimport MemoryBuffer, WSFrame, WSListener, WSMsgType, WSTransport
 
 cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
@@ -163,6 +163,12 @@ cdef class Conn(WSListener):
         self.size_limit = -1
 
     cpdef on_ws_connected(self, WSTransport transport):
+        # An idle connection should cost as little as possible: the parsed upgrade request and
+        # response (header multidicts) are not needed after the handshake, and picows's 1 KiB
+        # frame-building buffer is only used for the rare pong or close frame (it grows on demand).
+        transport.request = None
+        transport.response = None
+        transport._write_buffer = MemoryBuffer(64)
         self.ws = transport
         self.tr = transport.underlying_transport
         sock = self.tr.get_extra_info("socket")
@@ -319,13 +325,21 @@ cdef class Fanout:
         self.frames_out += 1
         self._enqueue(c, frame)
 
-    cpdef Py_ssize_t deliver(self, dict subscribers, bytes frame) except -1:
-        """Append `frame` to every connection in `subscribers` (keys); returns the count."""
+    cpdef Py_ssize_t deliver(self, object subscribers, bytes frame) except -1:
+        """Append `frame` to every subscriber: a dict of connections (keys), or one Conn.
+
+        A channel with a single subscriber (a personal channel, typically) is stored as the
+        Conn itself: an idle connection then costs no dict per channel.
+        """
         cdef Py_ssize_t pos = 0
         cdef PyObject* key
         cdef PyObject* value
         cdef Py_ssize_t n = 0
-        while PyDict_Next(subscribers, &pos, &key, &value):
+        if type(subscribers) is Conn:
+            self._enqueue(<Conn>subscribers, frame)
+            self.frames_out += 1
+            return 1
+        while PyDict_Next(<dict>subscribers, &pos, &key, &value):
             self._enqueue(<Conn>key, frame)
             n += 1
         self.frames_out += n

@@ -92,9 +92,10 @@ class Node:
         self.started = time.time()
         self.shutting_down = False
         self.conns: dict[str, Conn] = {}                 # every open connection by client id
-        self.users: dict[str, dict[Conn, None]] = {}     # connected users
-        self.hub: dict[str, dict[Conn, None]] = {}       # channel -> v1 subscribers
-        self.hub_v2: dict[str, dict[Conn, None]] = {}    # channel -> v2 subscribers
+        # Member indexes (see add_member): user -> connections, channel -> v1 / v2 subscribers.
+        self.users: dict[str, Members] = {}
+        self.hub: dict[str, Members] = {}
+        self.hub_v2: dict[str, Members] = {}
         # Positioned subscribers per channel, and the last (epoch, offset) this worker delivered
         # on that channel: the live position check (05 §9) is one comparison per publication.
         self.positioned: dict[str, dict[Conn, None]] = {}
@@ -258,11 +259,23 @@ class Node:
             push = codec.disconnect_push(conn.v2, reason.code, reason.reason, reason.reconnect)
             conn.write_now(codec.frame_text(push))
         conn.close_transport(True)
+        if conn.queued:
+            # The graceful close waits for the peer to read what is still queued; one that takes
+            # nothing more (a slow client, typically) must not keep the socket and queue forever.
+            self.loop.call_later(max(self.cfg.uni_websocket_write_timeout, 1.0), self._abort_closing, conn)
+
+    @staticmethod
+    def _abort_closing(conn: Conn) -> None:
+        if conn.state != CLOSED and conn.queued:
+            conn.close_transport(False)
 
     def _close_slow(self) -> None:
         slow, self.fanout.slow = self.fanout.slow, []
+        limit = self.fanout.queue_max
         for conn in slow:
-            if conn.close_reason is None and conn.state != CLOSED:
+            # Runs right after the flush: a client that went over the limit within one loop turn
+            # (e.g. one API request publishing a lot) but whose socket took it all is not slow.
+            if conn.close_reason is None and conn.state != CLOSED and conn.queued > limit:
                 log.info("closing client %s: %d bytes queued exceed client_queue_max_size",
                          conn.client_id, conn.queued)
                 self.disconnect_conn(conn, SLOW)
@@ -272,11 +285,7 @@ class Node:
         self.conns.pop(conn.client_id, None)
         self._unsubscribe_all(conn)
         if conn.user is not None:
-            conns = self.users.get(conn.user)
-            if conns is not None:
-                conns.pop(conn, None)
-                if not conns:
-                    del self.users[conn.user]
+            remove_member(self.users, conn.user, conn)
 
     # -- connect (spec 05 §5) ----------------------------------------------------------------
 
@@ -354,7 +363,7 @@ class Node:
         if creds is None and not (cfg.client_anonymous or cfg.client_insecure):
             raise BAD_REQUEST
         limit = cfg.client_user_connection_limit
-        if limit and user and len(self.users.get(user, ())) >= limit:
+        if limit and user and count_members(self.users.get(user)) >= limit:
             raise CONNECTION_LIMIT
         expire_at = 0 if cfg.client_insecure or creds is None else creds.expire_at
         if 0 < expire_at < int(now):
@@ -379,7 +388,7 @@ class Node:
         conn.expire_at = expire_at
         conn.session = str(uuid.uuid4())
         conn.state = CONNECTED
-        self.users.setdefault(user, {})[conn] = None
+        add_member(self.users, user, conn)
         ttl = max(0, expire_at - int(now)) if expire_at else 0
         push = codec.connect_push(conn.v2, client=conn.client_id, version=self.version, subs=results,
                                   expires=bool(expire_at), ttl=ttl, session=conn.session,
@@ -478,11 +487,7 @@ class Node:
 
     def _add_to_hub(self, conn: Conn, channel: str, sub: Subscription) -> None:
         conn.channels[channel] = sub
-        hub = self.hub_v2 if conn.v2 else self.hub
-        subscribers = hub.get(channel)
-        if subscribers is None:
-            subscribers = hub[channel] = {}
-        subscribers[conn] = None
+        add_member(self.hub_v2 if conn.v2 else self.hub, channel, conn)
         if sub.positioned:
             self.positioned.setdefault(channel, {})[conn] = None
 
@@ -490,12 +495,7 @@ class Node:
         sub = conn.channels.pop(channel, None)
         if sub is None:
             return None
-        hub = self.hub_v2 if conn.v2 else self.hub
-        subscribers = hub.get(channel)
-        if subscribers is not None:
-            subscribers.pop(conn, None)
-            if not subscribers:
-                del hub[channel]
+        remove_member(self.hub_v2 if conn.v2 else self.hub, channel, conn)
         positioned = self.positioned.get(channel)
         if positioned is not None:
             positioned.pop(conn, None)
@@ -592,7 +592,7 @@ class Node:
         return opts
 
     def _matching(self, user: str, client: str = "", session: str = "") -> list[Conn]:
-        return [c for c in self.users.get(user, ())
+        return [c for c in each_member(self.users.get(user))
                 if (not client or c.client_id == client) and (not session or c.session == session)
                 and c.close_reason is None and c.state == CONNECTED]
 
@@ -725,7 +725,7 @@ class Node:
         """Presence of this worker's connections in `channel` (06 §4.7 ClientInfo values)."""
         members = {}
         for hub in (self.hub, self.hub_v2):
-            for conn in hub.get(channel, ()):
+            for conn in each_member(hub.get(channel)):
                 sub = conn.channels[channel]
                 if sub.presence:
                     members[conn.client_id] = self._presence_info(conn, sub)
@@ -771,7 +771,7 @@ class Node:
         for hub in (self.hub, self.hub_v2):
             for channel, subscribers in hub.items():
                 if match is None or match(channel):
-                    counts[channel] = counts.get(channel, 0) + len(subscribers)
+                    counts[channel] = counts.get(channel, 0) + count_members(subscribers)
         return counts
 
     async def channels(self, pattern: str) -> dict[str, int]:
@@ -792,13 +792,13 @@ class Node:
             "num_clients": sum(1 for c in self.conns.values() if c.state == CONNECTED),
             "num_users": len(self.users),
             "num_channels": len(set(self.hub) | set(self.hub_v2)),
-            "num_subs": sum(len(s) for s in self.hub.values()) + sum(len(s) for s in self.hub_v2.values()),
+            "num_subs": sum(count_members(s) for hub in (self.hub, self.hub_v2) for s in hub.values()),
         }
         uptime = int(time.time() - self.started)
         if uptime:
             entry["uptime"] = uptime
         presence_channels = sum(1 for hub in (self.hub, self.hub_v2) for channel, subscribers in hub.items()
-                                if any(conn.channels[channel].presence for conn in subscribers))
+                                if any(conn.channels[channel].presence for conn in each_member(subscribers)))
         items = {"uniws.engine.streams": float(self.engine.num_streams()),
                  "uniws.node.presence_channels": float(presence_channels)}
         if self.cluster is not None:
@@ -839,6 +839,45 @@ class Node:
         while self.conns and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         return not self.conns
+
+
+# A member index maps a key (user, channel) to its connections. One connection is stored
+# as itself, several as a dict (insertion-ordered, O(1) removal): most users have one
+# connection and most personal channels one subscriber, so an idle client pays for no dict.
+Members = Conn | dict
+
+
+def add_member(index: dict, key: str, conn: Conn) -> None:
+    current = index.get(key)
+    if current is None:
+        index[key] = conn
+    elif type(current) is Conn:
+        if current is not conn:
+            index[key] = {current: None, conn: None}
+    else:
+        current[conn] = None
+
+
+def remove_member(index: dict, key: str, conn: Conn) -> None:
+    current = index.get(key)
+    if current is conn:
+        del index[key]
+    elif type(current) is dict:
+        current.pop(conn, None)
+        if len(current) == 1:
+            index[key] = next(iter(current))
+
+
+def each_member(value) -> Iterable[Conn]:
+    if value is None:
+        return ()
+    return (value,) if type(value) is Conn else value
+
+
+def count_members(value) -> int:
+    if value is None:
+        return 0
+    return 1 if type(value) is Conn else len(value)
 
 
 def _fragment(raw: bytes | None):
