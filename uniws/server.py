@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -122,8 +123,16 @@ def run_worker(cfg, **kwargs) -> int:
         return 1
 
 
+def _raise_fd_limit() -> None:
+    """Each client is a socket: allow as many open files as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve(cfg, reload: Callable | None = None) -> int:
     """Run the server until SIGINT/SIGTERM; returns the process exit code."""
+    _raise_fd_limit()
     pid_file = cfg.pid_file
     if pid_file:
         try:
