@@ -1,4 +1,4 @@
-"""Bus transport comparison: uniws's ZeroMQ ipc bus against a shared-memory ring with eventfd wake-ups.
+"""Bus transport comparison: uniws's shared-memory ring bus against a ZeroMQ ipc mesh.
 
     python -m bench.bus_bench [--runs 3]
 
@@ -21,31 +21,32 @@ import time
 
 import uvloop
 
-from uniws.bus import Bus
+from uniws.bus import Bus, BusFiles
 
 MESSAGES, BATCH, SIZE = 1_000_000, 500, 150
 RATE_TICK, RATE_PER_TICK, RATE_SECONDS = 0.01, 100, 3.0
 _STAMP = struct.Struct("<d")
 
 
-def _shmring():
-    import pyximport
-    pyximport.install(language_level=3, build_dir=os.path.join(os.path.dirname(__file__), "build", "pyx"))
-    from bench import shmring
-    return shmring
-
-
 # -- the two transports behind one tiny interface ----------------------------------------
 
-class ZmqTransport:
-    def __init__(self, loop, index, ipc_dir, on_message):
-        class Handler:
-            def on_bus_message(self, sender, message):
-                on_message(message)
+class _Handler:
+    def __init__(self, on_message):
+        self.on_message = on_message
 
-            def on_bus_gap(self, sender, lost):
-                raise RuntimeError(f"lost {lost} batches")
-        self.bus = Bus(loop, index, 2, ipc_dir, Handler())
+    def on_bus_message(self, sender, message):
+        self.on_message(message)
+
+    def on_bus_gap(self, sender, lost=0):
+        raise RuntimeError("bus lost messages")
+
+
+class ZmqTransport:
+    """The alternative: a ZeroMQ PUSH/PULL ipc mesh (bench/zmq_bus.py)."""
+
+    def __init__(self, loop, index, setup, on_message):
+        from bench.zmq_bus import Bus as ZmqBus
+        self.bus = ZmqBus(loop, index, 2, setup, _Handler(on_message))
 
     def send(self, message):
         self.bus.send(1, message)
@@ -55,37 +56,21 @@ class ZmqTransport:
 
 
 class ShmTransport:
-    def __init__(self, loop, index, ipc_dir, on_message):
-        ring_mod = _shmring()
-        path = os.path.join(ipc_dir, "ring")
-        self.efd_path = os.path.join(ipc_dir, "efd")
-        if index == 0:
-            self.ring = ring_mod.Ring(path, 64 << 20, False)
-            self.efd = _shared_efd
-        else:
-            self.ring = ring_mod.Ring(path, 64 << 20, False)
-            self.efd = _shared_efd
+    """uniws's bus: shared-memory rings with eventfd doorbells (uniws/bus.py)."""
 
-            def readable():
-                os.eventfd_read(self.efd)
-                for message in self.ring.read():
-                    on_message(message)
-            loop.add_reader(self.efd, readable)
+    def __init__(self, loop, index, setup, on_message):
+        self.bus = Bus(loop, index, setup, _Handler(on_message))
 
     def send(self, message):
-        self.ring.write(message)
+        self.bus.send(1, message)
 
     def flush(self):
-        self.ring.publish()
-        os.eventfd_write(self.efd, 1)
-
-
-_shared_efd = -1
+        self.bus.flush()
 
 
 # -- the two processes ---------------------------------------------------------------------
 
-def receiver(kind, ipc_dir, mode, results, ready, finished):
+def receiver(kind, setup, mode, results, ready, finished):
     async def main():
         loop = asyncio.get_running_loop()
         done = loop.create_future()
@@ -102,7 +87,7 @@ def receiver(kind, ipc_dir, mode, results, ready, finished):
                     done.set_result(None)
             elif state["n"] == MESSAGES:
                 done.set_result(None)
-        transport = TRANSPORTS[kind](loop, 1, ipc_dir, on_message)
+        transport = TRANSPORTS[kind](loop, 1, setup, on_message)
         ready.set()
         await asyncio.wait_for(done, 120)
         if mode == "latency":
@@ -114,10 +99,10 @@ def receiver(kind, ipc_dir, mode, results, ready, finished):
     uvloop.run(main())
 
 
-def sender(kind, ipc_dir, mode, ready, finished):
+def sender(kind, setup, mode, ready, finished):
     async def main():
         loop = asyncio.get_running_loop()
-        transport = TRANSPORTS[kind](loop, 0, ipc_dir, lambda m: None)
+        transport = TRANSPORTS[kind](loop, 0, setup, lambda m: None)
         ready.wait()
         await asyncio.sleep(0.3)                 # let ZeroMQ connect
         pad = b"x" * (SIZE - 9)
@@ -145,15 +130,12 @@ TRANSPORTS = {"zmq": ZmqTransport, "shm": ShmTransport}
 
 
 def run_once(kind: str, mode: str):
-    global _shared_efd
-    with tempfile.TemporaryDirectory(prefix="uniws-busbench-") as ipc_dir:
-        if kind == "shm":
-            _shmring().Ring(os.path.join(ipc_dir, "ring"), 64 << 20, True)
-            _shared_efd = os.eventfd(0, os.EFD_NONBLOCK)
+    with tempfile.TemporaryDirectory(prefix="uniws-busbench-") as directory:
+        setup = BusFiles.create(directory, 2, 256 << 20) if kind == "shm" else directory  # room for the whole burst
         ctx = mp.get_context("fork")
         results, ready, finished = ctx.Queue(), ctx.Event(), ctx.Event()
-        procs = [ctx.Process(target=receiver, args=(kind, ipc_dir, mode, results, ready, finished)),
-                 ctx.Process(target=sender, args=(kind, ipc_dir, mode, ready, finished))]
+        procs = [ctx.Process(target=receiver, args=(kind, setup, mode, results, ready, finished)),
+                 ctx.Process(target=sender, args=(kind, setup, mode, ready, finished))]
         for p in procs:
             p.start()
         result = results.get(timeout=180)
@@ -162,7 +144,8 @@ def run_once(kind: str, mode: str):
             if p.is_alive():
                 p.kill()
         if kind == "shm":
-            os.close(_shared_efd)
+            for fd in setup.doorbells:
+                os.close(fd)
         return result
 
 
@@ -170,7 +153,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    _shmring()                                     # build before timing anything
     for kind in ("zmq", "shm"):
         rates = [run_once(kind, "throughput") for _ in range(args.runs)]
         lats = [run_once(kind, "latency") for _ in range(args.runs)]

@@ -169,10 +169,10 @@ class Cluster:
             task = self.node.loop.create_task(self.node.apply_command(args, tail))
             self.node.track(task)
 
-    def on_bus_gap(self, sender: int, lost: int) -> None:
-        """Batches from `sender` were dropped: our clients may have missed publications."""
+    def on_bus_gap(self, sender: int) -> None:
+        """We fell a whole ring behind `sender`: our clients may have missed publications."""
         self.overflows += 1
-        log.error("lost %d bus batches from worker %d: reconnecting this worker's clients", lost, sender)
+        log.error("bus messages from worker %d were lost: reconnecting this worker's clients", sender)
         self.node.reset_clients()
 
     async def _answer(self, sender: int, request_id: int, args: dict, tail: bytes) -> None:

@@ -143,8 +143,6 @@ class Node:
                     self.disconnect_conn(conn, WRITE_ERROR)
             self._run_deadlines(time.time())
             self.engine.sweep()
-            if self.cluster is not None:
-                self.cluster.bus.heartbeat()
         except Exception:
             log.exception("periodic tick failed")
 

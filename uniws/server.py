@@ -19,7 +19,7 @@ import uvloop
 
 from . import __version__
 from .api import Api
-from .bus import Bus
+from .bus import Bus, BusFiles
 from .http import HttpFront, Routes
 from .node import Node
 from .transport import UniWebSocket
@@ -76,13 +76,13 @@ def reload_node(node: Node, reload: Callable | None) -> None:
     log.info("configuration successfully reloaded")
 
 
-async def run(cfg, *, index: int = 0, count: int = 1, ipc_dir: str = "", uid: str | None = None,
-              reload: Callable | None = None) -> int:
+async def run(cfg, *, index: int = 0, count: int = 1, bus_files: BusFiles | None = None,
+              uid: str | None = None, reload: Callable | None = None) -> int:
     loop = asyncio.get_running_loop()
     node = Node(cfg, loop, index=index, count=count, uid=uid)
     bus = None
     if count > 1:
-        bus = Bus(loop, index, count, ipc_dir, node.cluster)
+        bus = Bus(loop, index, bus_files, node.cluster)
         node.cluster.attach(bus)
     servers = []
     for routes, address, port, names in _listeners(cfg, node):

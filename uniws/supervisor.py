@@ -1,16 +1,16 @@
 """The supervisor: forks `workers` worker processes and keeps them running.
 
 It serves no clients. Each worker opens its own SO_REUSEPORT listening socket,
-so the kernel spreads connections over them, and joins the bus through ipc
-endpoints in a private directory. A worker that dies is restarted (after 0.1 s,
+so the kernel spreads connections over them, and joins the bus through the ring
+files and eventfds the supervisor creates before the first fork. A worker that dies is restarted (after 0.1 s,
 doubling up to 5 s while it keeps dying within 10 s of its start). SIGTERM or
 SIGINT is relayed to every worker for a graceful shutdown; SIGHUP re-reads the
 config, and if it is valid, is relayed so every worker reloads token keys and
 channel rules without dropping connections.
 
 Signals are turned into bytes on a pipe (`signal.set_wakeup_fd`) and handled in a
-plain select loop: the supervisor has no event loop and no ZeroMQ context, so
-forking a worker from it is always safe.
+plain select loop: the supervisor has no event loop and no threads, so forking
+a worker from it is always safe.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import time
 import uuid
 from typing import Callable
 
+from .bus import BusFiles
+
 log = logging.getLogger("uniws.supervisor")
 
 _RESTART_MIN, _RESTART_MAX, _STABLE_AFTER = 0.1, 5.0, 10.0
@@ -37,7 +39,7 @@ class Supervisor:
         self.count = count
         self.reload = reload
         self.uid = str(uuid.uuid4())
-        self.ipc_dir = ""
+        self.bus_files = None
         self.pids: dict[int, int] = {}               # pid -> worker index
         self.started: dict[int, float] = {}          # index -> start time
         self.delay: dict[int, float] = {}            # index -> next restart delay
@@ -63,7 +65,7 @@ class Supervisor:
             os.close(self._wake_r)
             os.close(self._wake_w)
             from .server import run_worker
-            code = run_worker(self.cfg, index=index, count=self.count, ipc_dir=self.ipc_dir, uid=self.uid,
+            code = run_worker(self.cfg, index=index, count=self.count, bus_files=self.bus_files, uid=self.uid,
                               reload=self.reload)
         except BaseException:
             log.exception("worker %d crashed", index)
@@ -110,7 +112,9 @@ class Supervisor:
 
     def run(self) -> int:
         self.stopping = False
-        self.ipc_dir = tempfile.mkdtemp(prefix="uniws-bus-")
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None      # rings in memory, not on disk
+        bus_dir = tempfile.mkdtemp(prefix="uniws-bus-", dir=shm)
+        self.bus_files = BusFiles.create(bus_dir, self.count)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         for sig in _SIGNALS:
@@ -122,7 +126,7 @@ class Supervisor:
             return self._loop()
         finally:
             signal.set_wakeup_fd(-1)
-            shutil.rmtree(self.ipc_dir, ignore_errors=True)
+            shutil.rmtree(bus_dir, ignore_errors=True)
 
     def _loop(self) -> int:
         while True:

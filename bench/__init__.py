@@ -1,0 +1,1 @@
+"""uniws benchmark suite: `python -m bench --help`."""
