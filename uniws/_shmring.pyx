@@ -50,7 +50,7 @@ cdef class Ring:
     cdef readonly uint64_t position  # write position (writer) or read position (reader)
     cdef public bint lapped          # set by read() when records were lost
 
-    def __init__(self, str path, bint writer):
+    def __init__(self, str path, bint writer, bint from_start=False):
         cdef unsigned char[:] view
         fd = os.open(path, os.O_RDWR)
         try:
@@ -63,8 +63,10 @@ cdef class Ring:
         self.cursor = <uint64_t*>&view[0]
         self.data = <char*>&view[0] + HEADER
         self.capacity = size - HEADER
-        # A (re)started writer continues after what was published; a new reader starts now.
-        self.position = uniws_load(self.cursor)
+        # A (re)started writer continues after what was published. A reader of the first
+        # generation of workers reads from the start (nothing it missed while starting up);
+        # a restarted one starts at the end (what it missed was for its predecessor).
+        self.position = 0 if from_start and not writer else uniws_load(self.cursor)
 
     def close(self):
         self.view = None

@@ -59,19 +59,20 @@ class BusFiles:
 
 class Bus:
     def __init__(self, loop: asyncio.AbstractEventLoop, index: int, files: BusFiles,
-                 handler: BusHandler) -> None:
+                 handler: BusHandler, *, first_start: bool = True) -> None:
         self.loop = loop
         self.index = index
         self.handler = handler
         self.doorbells = files.doorbells
         self.peers = [peer for peer in range(len(files.doorbells)) if peer != index]
         self.ring = _shmring.Ring(files.ring(index), True)
-        self.inbound = {peer: _shmring.Ring(files.ring(peer), False) for peer in self.peers}
+        self.inbound = {peer: _shmring.Ring(files.ring(peer), False, first_start) for peer in self.peers}
         self.flush_scheduled = False
         self.sent_messages = 0
         self.received_messages = 0
         self.gaps = 0
         loop.add_reader(self.doorbells[index], self._on_doorbell)
+        loop.call_soon(self._on_doorbell)        # whatever was sent before we listened
 
     def close(self) -> None:
         self.loop.remove_reader(self.doorbells[self.index])

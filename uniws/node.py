@@ -786,7 +786,7 @@ class Node:
     def stats(self) -> dict:
         """This worker's figures (06 §4.12 node fields, plus engine and bus gauges)."""
         entry = {
-            "uid": self.uid, "name": self.name, "version": self.version,
+            "uid": self.uid, "name": self.name, "version": self.version, "worker": self.index,
             "num_clients": sum(1 for c in self.conns.values() if c.state == CONNECTED),
             "num_users": len(self.users),
             "num_channels": len(set(self.hub) | set(self.hub_v2)),
@@ -811,7 +811,8 @@ class Node:
         workers = [self.stats()]
         if self.cluster is not None:
             workers += await self.cluster.survey("stats", {})
-        node = dict(workers[0])
+            workers.sort(key=lambda w: w["worker"])
+        node = {key: value for key, value in workers[0].items() if key != "worker"}
         for key in ("num_clients", "num_users", "num_channels", "num_subs"):
             node[key] = sum(w[key] for w in workers)
         node["metrics"] = {"interval": workers[0]["metrics"]["interval"], "items": {

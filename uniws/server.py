@@ -77,12 +77,12 @@ def reload_node(node: Node, reload: Callable | None) -> None:
 
 
 async def run(cfg, *, index: int = 0, count: int = 1, bus_files: BusFiles | None = None,
-              uid: str | None = None, reload: Callable | None = None) -> int:
+              restarted: bool = False, uid: str | None = None, reload: Callable | None = None) -> int:
     loop = asyncio.get_running_loop()
     node = Node(cfg, loop, index=index, count=count, uid=uid)
     bus = None
     if count > 1:
-        bus = Bus(loop, index, bus_files, node.cluster)
+        bus = Bus(loop, index, bus_files, node.cluster, first_start=not restarted)
         node.cluster.attach(bus)
     servers = []
     for routes, address, port, names in _listeners(cfg, node):

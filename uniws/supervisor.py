@@ -48,15 +48,15 @@ class Supervisor:
 
     # -- workers ---------------------------------------------------------------------------
 
-    def _spawn(self, index: int) -> None:
+    def _spawn(self, index: int, restarted: bool = False) -> None:
         pid = os.fork()
         if pid == 0:
-            self._become_worker(index)
+            self._become_worker(index, restarted)
         self.pids[pid] = index
         self.started[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, pid)
 
-    def _become_worker(self, index: int) -> None:
+    def _become_worker(self, index: int, restarted: bool) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -65,8 +65,8 @@ class Supervisor:
             os.close(self._wake_r)
             os.close(self._wake_w)
             from .server import run_worker
-            code = run_worker(self.cfg, index=index, count=self.count, bus_files=self.bus_files, uid=self.uid,
-                              reload=self.reload)
+            code = run_worker(self.cfg, index=index, count=self.count, bus_files=self.bus_files,
+                              restarted=restarted, uid=self.uid, reload=self.reload)
         except BaseException:
             log.exception("worker %d crashed", index)
         finally:
@@ -99,7 +99,7 @@ class Supervisor:
         for index, when in list(self.restart_at.items()):
             if when <= now:
                 del self.restart_at[index]
-                self._spawn(index)
+                self._spawn(index, restarted=True)
 
     def _signal_workers(self, sig: int) -> None:
         for pid in list(self.pids):
