@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
 import logging
 import socket
 import time
@@ -26,6 +25,7 @@ from ._fastpath import CLOSED, CONNECTED, CONNECTING, Conn, Fanout, PingWheel, p
 from .auth import Credentials, TokenError, TokenVerifier
 from .channels import ChannelOptions, ChannelRules
 from .cluster import Cluster, ShardedEngine
+from .deadlines import Deadlines
 from .engine.base import Publication
 from .engine.memory import MemoryEngine
 from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_LIMIT, EXPIRED, FORCE_DISCONNECT, INSUFFICIENT_STATE,
@@ -36,7 +36,6 @@ from .protocol import ConnectRequest, ConnectRequestError, SubHint, parse_connec
 
 log = logging.getLogger("uniws.node")
 
-_STALE, _EXPIRE, _SUB_EXPIRE = 0, 1, 2
 _RELOADABLE = ("token_hmac_secret_key", "token_rsa_public_key", "token_ecdsa_public_key", "token_audience",
                "token_issuer", "channel_options", "namespaces", "channel_private_prefix",
                "channel_namespace_boundary", "channel_user_boundary", "channel_user_separator",
@@ -102,8 +101,9 @@ class Node:
         self.positions: dict[str, tuple[str, int]] = {}
         # Connects waiting for a stream position: publications arriving meanwhile are kept.
         self._pending: dict[str, dict[Conn, list[tuple[Publication, str]]]] = {}
-        self._deadlines: list[tuple[float, int, str, int]] = []
-        self._seq = 0
+        self._stale = Deadlines()
+        self._expiry = Deadlines()
+        self._sub_expiry = Deadlines()
         self._tasks: set[asyncio.Task] = set()
         ping = cfg.uni_websocket_ping_interval
         self.ping_interval = ping if ping > 0 else 0.0
@@ -146,24 +146,17 @@ class Node:
         except Exception:
             log.exception("periodic tick failed")
 
-    def _schedule(self, when: float, conn: Conn, kind: int) -> None:
-        self._seq += 1
-        heapq.heappush(self._deadlines, (when, self._seq, conn.client_id, kind))
-
     def _run_deadlines(self, now: float) -> None:
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, client_id, kind = heapq.heappop(heap)
-            conn = self.conns.get(client_id)
-            if conn is None or conn.close_reason is not None:
-                continue
-            if kind == _STALE:
-                if conn.state == CONNECTING:
-                    self.disconnect_conn(conn, STALE)
-            elif kind == _EXPIRE:
-                self._check_expiry(conn, now)
-            else:
-                self._check_sub_expiry(conn, now)
+        for check, deadlines in ((self._check_stale, self._stale), (self._check_expiry, self._expiry),
+                                 (self._check_sub_expiry, self._sub_expiry)):
+            for client_id in deadlines.pop_due(now):
+                conn = self.conns.get(client_id)
+                if conn is not None and conn.close_reason is None:
+                    check(conn, now)
+
+    def _check_stale(self, conn: Conn, now: float) -> None:
+        if conn.state == CONNECTING:
+            self.disconnect_conn(conn, STALE)
 
     def _check_expiry(self, conn: Conn, now: float) -> None:
         if conn.expire_at <= 0:
@@ -172,7 +165,7 @@ class Node:
         if now >= due:
             self.disconnect_conn(conn, EXPIRED)
         else:
-            self._schedule(due, conn, _EXPIRE)
+            self._expiry.add(due, conn.client_id)
 
     def _check_sub_expiry(self, conn: Conn, now: float) -> None:
         delay = self.cfg.client_expired_sub_close_delay
@@ -204,7 +197,7 @@ class Node:
             self._start_connect(conn, conn.connect_request)
             conn.connect_request = None
         else:
-            self._schedule(time.time() + self.cfg.client_stale_close_delay, conn, _STALE)
+            self._stale.add(time.time() + self.cfg.client_stale_close_delay, conn.client_id)
 
     def conn_message(self, conn: Conn, payload: bytes) -> None:
         if conn.state != CONNECTING or conn.close_reason is not None:
@@ -398,7 +391,7 @@ class Node:
             if not self._catch_up(conn, channel, subs[channel], buffered[channel]):
                 return
         if expire_at:
-            self._schedule(expire_at + cfg.client_expired_close_delay, conn, _EXPIRE)
+            self._expiry.add(expire_at + cfg.client_expired_close_delay, conn.client_id)
         for channel, sub in subs.items():
             if sub.join_leave:
                 self._broadcast_join_leave(codec.JOIN, channel, conn, sub)
@@ -668,7 +661,7 @@ class Node:
             if sub.join_leave:
                 self._broadcast_join_leave(codec.JOIN, channel, conn, sub)
             if expire_at:
-                self._schedule(expire_at + self.cfg.client_expired_sub_close_delay + 0.001, conn, _SUB_EXPIRE)
+                self._sub_expiry.add(expire_at + self.cfg.client_expired_sub_close_delay + 0.001, conn.client_id)
 
     async def unsubscribe(self, user: str, channel: str, *, client: str = "", session: str = "") -> None:
         if channel:
@@ -713,7 +706,7 @@ class Node:
             if expire_at:
                 if info is not None:
                     conn.info = info
-                self._schedule(expire_at + self.cfg.client_expired_close_delay, conn, _EXPIRE)
+                self._expiry.add(expire_at + self.cfg.client_expired_close_delay, conn.client_id)
                 push = codec.refresh_push(conn.v2, True, max(0, expire_at - int(now)))
             else:
                 push = codec.refresh_push(conn.v2, False, 0)
