@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import hmac
 import json
 import logging
@@ -544,6 +545,16 @@ def _normalise_prefix(prefix: str) -> str:
     return prefix
 
 
+_PIPELINE_WINDOW = 1024     # commands of one request in flight at once
+
+
+def _done(reply: bytes) -> asyncio.Future:
+    """An already answered command, queued in order with the running ones."""
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(reply)
+    return future
+
+
 class Api:
     """The server HTTP API in front of a node (see the module docstring)."""
 
@@ -551,6 +562,7 @@ class Api:
         self, node: Any, *, api_key: str, api_insecure: bool, handler_prefix: str = "/api", error_mode: str = ""
     ) -> None:
         self._node = node
+        self._pipelined = getattr(node, "cluster", None) is not None
         self._api_key = api_key.encode("utf-8", "surrogatepass")
         self._api_insecure = api_insecure
         self._prefix = _normalise_prefix(handler_prefix)
@@ -651,6 +663,24 @@ class Api:
         """
         lines = body.split(b"\n")
         check_lines = _may_hold_huge_integer(body)  # one scan of the body, rarely true
+        # With several workers a command may wait for another process (a channel's owner).
+        # Commands then run as tasks started in order and answered in order: requests reach
+        # each owner in command order (the bus keeps order), and a batch costs one round trip
+        # instead of one per command, so its publications are fanned out together.
+        pending: collections.deque[asyncio.Task] | None = collections.deque() if self._pipelined else None
+        try:
+            await self._run_lines(lines, check_lines, body, replies, pending)
+        finally:
+            if pending:
+                await self._drain(pending, replies, 0)
+
+    async def _drain(self, pending: collections.deque, replies: bytearray, keep: int) -> None:
+        """Append the replies of the oldest pending commands until at most `keep` remain."""
+        while len(pending) > keep:
+            _append_line(replies, await pending.popleft())
+
+    async def _run_lines(self, lines: list[bytes], check_lines: bool, body: bytes, replies: bytearray,
+                         pending: collections.deque | None) -> None:
         for index, line in enumerate(lines):
             # Fast path: one command per line.
             try:
@@ -662,10 +692,21 @@ class Api:
                     continue  # blank line
                 # Several values on a line, a value spanning lines, or special numbers:
                 # decode the rest of the body as a stream.
+                if pending:
+                    await self._drain(pending, replies, 0)
                 offset = sum(len(previous) + 1 for previous in lines[:index])
                 await self._run_command_tail(body[offset:], replies)
                 break
-            _append_line(replies, await self._execute_v3(command))
+            if pending is None:
+                _append_line(replies, await self._execute_v3(command))
+                continue
+            prepared = self._prepare_v3(command)       # a malformed command stops the batch here
+            if type(prepared) is bytes:
+                pending.append(_done(prepared))
+            else:
+                pending.append(asyncio.get_running_loop().create_task(self._run_v3(*prepared)))
+                if len(pending) > _PIPELINE_WINDOW:
+                    await self._drain(pending, replies, _PIPELINE_WINDOW)
 
     async def _run_command_tail(self, tail: bytes, replies: bytearray) -> None:
         """Streaming decode of concatenated JSON values (slow path of 06 §2.4)."""
@@ -682,6 +723,14 @@ class Api:
 
     async def _execute_v3(self, command: Any) -> bytes:
         """Run one decoded command and return its reply line; raises _MalformedRequest."""
+        prepared = self._prepare_v3(command)
+        if type(prepared) is bytes:
+            return prepared
+        return await self._run_v3(*prepared)
+
+    def _prepare_v3(self, command: Any) -> bytes | tuple:
+        """Decode one command without running it: a reply line already (an error), or
+        (id, method, request) for `_run_v3`. Raises _MalformedRequest (HTTP 400)."""
         if type(command) is not dict:
             if command is not None:
                 raise _MalformedRequest
@@ -701,9 +750,15 @@ class Api:
                 request = method.decode({})  # "params": null -> all defaults
             else:
                 raise ApiError(107)  # missing, or not an object
-            result = await method.run(self, request)
         except _BadParams:
             return _v3_error_reply(command_id, 107, "bad request")
+        except ApiError as error:
+            return _v3_error_reply(command_id, error.code, error.message)
+        return command_id, method, request
+
+    async def _run_v3(self, command_id: int, method: Any, request: Any) -> bytes:
+        try:
+            result = await method.run(self, request)
         except ApiError as error:
             return _v3_error_reply(command_id, error.code, error.message)
         except Exception:
