@@ -26,6 +26,8 @@ from .transport import UniWebSocket
 
 log = logging.getLogger("uniws.server")
 
+BACKLOG = 4096          # connect storms: the kernel caps it at net.core.somaxconn
+
 
 def listening_socket(address: str, port: int) -> socket.socket:
     """A bound, listening TCP socket with SO_REUSEPORT, so workers can share the port."""
@@ -34,7 +36,7 @@ def listening_socket(address: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((address or ("::" if family == socket.AF_INET6 else "0.0.0.0"), port))
-    sock.listen(4096)
+    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -87,7 +89,8 @@ async def run(cfg, *, index: int = 0, count: int = 1, bus_files: BusFiles | None
     servers = []
     for routes, address, port, names in _listeners(cfg, node):
         sock = listening_socket(address, port)
-        servers.append(await loop.create_server(lambda r=routes: HttpFront(r), sock=sock))
+        # create_server listens again with its own default backlog (100): ask for the large one.
+        servers.append(await loop.create_server(lambda r=routes: HttpFront(r), sock=sock, backlog=BACKLOG))
         if index == 0:
             log.info("serving %s endpoints on %s:%d", ", ".join(names) or "no", address, port)
     node.start()
