@@ -508,6 +508,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=2.0, help="seconds per rate step")
     p.add_argument("--light-duration", type=float, default=3.0, help="seconds of the 5/s light-load point")
     p.set_defaults(func=fanout)
+    p = sub.add_parser("crossworker", help="uniws with --workers 2: cross-worker publish-to-delivery latency "
+                                           "at 10 000 publications/s (fanout with these defaults)")
+    add_common(p, 100)
+    p.add_argument("--rates", default="10000")
+    p.add_argument("--duration", type=float, default=3.0)
+    p.add_argument("--light-duration", type=float, default=3.0)
+    p.set_defaults(func=fanout, servers="uniws", workers=2)
     p = sub.add_parser("memory", help="idle authenticated clients: server RSS per connection")
     add_common(p, 20000)
     p.add_argument("--settle", type=float, default=2.0, help="seconds between the last connect and the RSS read")
