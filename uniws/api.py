@@ -548,11 +548,36 @@ def _normalise_prefix(prefix: str) -> str:
 _PIPELINE_WINDOW = 1024     # commands of one request in flight at once
 
 
-def _done(reply: bytes) -> asyncio.Future:
-    """An already answered command, queued in order with the running ones."""
-    future = asyncio.get_running_loop().create_future()
-    future.set_result(reply)
-    return future
+def _eager(coro: Any) -> Any:
+    """Run a command now: its reply when it completes without waiting (a publish to a channel
+    this worker owns), else a future of the reply, finished from the awaited futures'
+    callbacks (what a task would do, without creating one per command)."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    loop = asyncio.get_running_loop()
+    result = loop.create_future()
+
+    def resume(_: Any = None) -> None:
+        try:
+            waiting = coro.send(None)
+        except StopIteration as done:
+            result.set_result(done.value)
+        except BaseException as exc:  # _run_v3 answers errors itself; this is a bug
+            result.set_exception(exc)
+        else:
+            wait(waiting)
+
+    def wait(waiting: Any) -> None:
+        if waiting is None:                 # a bare yield (asyncio.sleep(0)): next turn
+            loop.call_soon(resume)
+        else:
+            waiting._asyncio_future_blocking = False
+            waiting.add_done_callback(resume)
+
+    wait(waiting)
+    return result
 
 
 class Api:
@@ -677,7 +702,8 @@ class Api:
     async def _drain(self, pending: collections.deque, replies: bytearray, keep: int) -> None:
         """Append the replies of the oldest pending commands until at most `keep` remain."""
         while len(pending) > keep:
-            _append_line(replies, await pending.popleft())
+            reply = pending.popleft()
+            _append_line(replies, reply if type(reply) is bytes else await reply)
 
     async def _run_lines(self, lines: list[bytes], check_lines: bool, body: bytes, replies: bytearray,
                          pending: collections.deque | None) -> None:
@@ -701,11 +727,8 @@ class Api:
                 _append_line(replies, await self._execute_v3(command))
                 continue
             prepared = self._prepare_v3(command)       # a malformed command stops the batch here
-            if type(prepared) is bytes:
-                pending.append(_done(prepared))
-            else:
-                pending.append(asyncio.get_running_loop().create_task(self._run_v3(*prepared)))
-                if len(pending) > _PIPELINE_WINDOW:
+            pending.append(prepared if type(prepared) is bytes else _eager(self._run_v3(*prepared)))
+            if len(pending) > _PIPELINE_WINDOW:
                     await self._drain(pending, replies, _PIPELINE_WINDOW)
 
     async def _run_command_tail(self, tail: bytes, replies: bytearray) -> None:

@@ -18,8 +18,10 @@ Wire format of bus messages (each a bytes object, one kind byte first):
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import struct
+import time
 import zlib
 from typing import Any, Callable
 
@@ -93,6 +95,17 @@ def _split(message: bytes, head: struct.Struct) -> tuple[tuple, Any, bytes]:
     return fields, orjson.loads(message[start:end]), message[end:]
 
 
+def run_now(coro):
+    """The result of a coroutine that never suspends (work on this worker's own memory),
+    without the cost of a task. One that does suspend is a bug, reported as such."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("a bus request handler suspended")
+
+
 class Cluster:
     """The bus side of one worker: owner routing, requests, surveys and commands."""
 
@@ -104,6 +117,7 @@ class Cluster:
         self.bus = None                        # set by attach(); a Bus
         self._next_id = 0
         self._waiting: dict[int, asyncio.Future] = {}
+        self._timeouts: collections.deque[tuple[float, int]] = collections.deque()   # FIFO: one timeout
         self.overflows = 0
 
     def attach(self, bus) -> None:
@@ -128,13 +142,21 @@ class Cluster:
         self._waiting[request_id] = future
         body = orjson.dumps({"op": op, **args})
         self.bus.send(worker, b"R" + _REQ.pack(request_id, len(body)) + body + tail)
+        self._timeouts.append((time.monotonic() + REQUEST_TIMEOUT, request_id))
         try:
-            return await asyncio.wait_for(future, REQUEST_TIMEOUT)
-        except asyncio.TimeoutError:
-            log.warning("worker %d did not answer %s within %.0f s", worker, op, REQUEST_TIMEOUT)
-            raise ApiError(100) from None
+            return await future
         finally:
             self._waiting.pop(request_id, None)
+
+    def expire_requests(self, now: float) -> None:
+        """Fail requests unanswered for REQUEST_TIMEOUT (the node's tick calls this; no timer each)."""
+        timeouts = self._timeouts
+        while timeouts and timeouts[0][0] <= now:
+            _, request_id = timeouts.popleft()
+            future = self._waiting.get(request_id)
+            if future is not None and not future.done():
+                log.warning("a worker did not answer request %d within %.0f s", request_id, REQUEST_TIMEOUT)
+                future.set_exception(ApiError(100))
 
     async def survey(self, op: str, args: dict) -> list[Any]:
         """Ask every other worker; their answers in worker order."""
@@ -154,8 +176,7 @@ class Cluster:
             self.node.handle_publication(channel, pub, epoch)
         elif kind == 0x52:                    # R
             (request_id, _), args, tail = _split(message, _REQ)
-            task = self.node.loop.create_task(self._answer(sender, request_id, args, tail))
-            self.node.track(task)
+            self._answer(sender, request_id, args, tail)
         elif kind == 0x41:                    # A
             (request_id, status, _), result, tail = _split(message, _ANS)
             future = self._waiting.get(request_id)
@@ -175,10 +196,11 @@ class Cluster:
         log.error("bus messages from worker %d were lost: reconnecting this worker's clients", sender)
         self.node.reset_clients()
 
-    async def _answer(self, sender: int, request_id: int, args: dict, tail: bytes) -> None:
+    def _answer(self, sender: int, request_id: int, args: dict, tail: bytes) -> None:
+        """Serve a request at once, in bus order: what a worker serves is its own memory."""
         status, result, out_tail = 0, None, b""
         try:
-            result, out_tail = await self._serve(args, tail)
+            result, out_tail = run_now(self._serve(args, tail))
         except ApiError as exc:
             status = exc.code
         except Exception:

@@ -7,6 +7,7 @@ is inserted verbatim; only line feeds are removed, as the reference does.
 
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 # Push type numbers of the v1 envelope (02 §A.1) and payload keys of v2 (02 §B.1).
@@ -21,12 +22,12 @@ _ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x22: '\\"', 0x5C: "\\\\
                  0x2028: "\\u2028", 0x2029: "\\u2029"})
 for _cp in range(0xD800, 0xE000):          # lone surrogates cannot be UTF-8: replacement char
     _ESCAPES[_cp] = "\\ufffd"
-_NEEDS_ESCAPE = frozenset(_ESCAPES)
+_NEEDS_ESCAPE = re.compile('["\\\\<>&\x00-\x1f\u2028\u2029\ud800-\udfff]')
 
 
 def json_string(value: str) -> bytes:
     """Encode a str as a JSON string literal with the reference's escaping rules."""
-    if value.isascii() and value.isprintable() and not any(c in value for c in '"\\<>&'):
+    if _NEEDS_ESCAPE.search(value) is None:   # one C scan; the common case
         return b'"' + value.encode() + b'"'
     return ('"' + value.translate(_ESCAPES) + '"').encode("utf-8")
 

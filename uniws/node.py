@@ -143,6 +143,8 @@ class Node:
                     self.disconnect_conn(conn, WRITE_ERROR)
             self._run_deadlines(time.time())
             self.engine.sweep()
+            if self.cluster is not None:
+                self.cluster.expire_requests(time.monotonic())
         except Exception:
             log.exception("periodic tick failed")
 
