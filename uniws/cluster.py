@@ -9,7 +9,9 @@ connections are where the truth is), and user-targeted commands (subscribe,
 unsubscribe, disconnect, refresh) are broadcast and applied by every worker.
 
 Wire format of bus messages (each a bytes object, one kind byte first):
-  P  publication   <QHHI> offset, len(channel), len(epoch), len(tags) + channel + epoch + tags + data
+  P  publication   <QHHIHI> offset, len(channel), len(epoch), len(tags), requester + 1 (0: none),
+                   request id + channel + epoch + tags + data; it is also the answer to the
+                   requester's publish request, so a forwarded publish costs two messages, not three
   R  request       <II>   request id, len(json) + json + raw tail
   A  answer        <IBI>  request id, status (0 ok, else the API error code), len(json) + json + raw tail
   C  command       <I>    len(json) + json + raw tail
@@ -33,7 +35,7 @@ from .errors import ApiError
 
 log = logging.getLogger("uniws.cluster")
 
-_PUB = struct.Struct("<QHHI")
+_PUB = struct.Struct("<QHHIHI")
 _REQ = struct.Struct("<II")
 _ANS = struct.Struct("<IBI")
 _CMD = struct.Struct("<I")
@@ -52,13 +54,21 @@ def _tags_bytes(tags: dict[str, str] | None) -> bytes:
     return orjson.dumps(tags) if tags else b""
 
 
-def encode_pub(channel: str, epoch: str, pub: Publication) -> bytes:
+def encode_pub(channel: str, epoch: str, pub: Publication, requester: int = -1, request_id: int = 0) -> bytes:
     ch, ep, tags = channel.encode(), epoch.encode(), _tags_bytes(pub.tags)
-    return b"P" + _PUB.pack(pub.offset, len(ch), len(ep), len(tags)) + ch + ep + tags + pub.data
+    head = _PUB.pack(pub.offset, len(ch), len(ep), len(tags), requester + 1, request_id)
+    return b"P" + head + ch + ep + tags + pub.data
+
+
+def pub_channel(message: bytes) -> tuple[str, int, int]:
+    """(channel, requester, request id) of a P message, without decoding the rest."""
+    _, n_ch, _, _, requester, request_id = _PUB.unpack_from(message, 1)
+    start = 1 + _PUB.size
+    return message[start:start + n_ch].decode(), requester - 1, request_id
 
 
 def decode_pub(message: bytes) -> tuple[str, str, Publication]:
-    offset, n_ch, n_ep, n_tags = _PUB.unpack_from(message, 1)
+    offset, n_ch, n_ep, n_tags, _, _ = _PUB.unpack_from(message, 1)
     pos = 1 + _PUB.size
     channel = message[pos:pos + n_ch].decode()
     pos += n_ch
@@ -119,6 +129,7 @@ class Cluster:
         self._waiting: dict[int, asyncio.Future] = {}
         self._timeouts: collections.deque[tuple[float, int]] = collections.deque()   # FIFO: one timeout
         self.overflows = 0
+        self._publishing_for = (-1, 0)        # (worker, request id) of the publish being served
 
     def attach(self, bus) -> None:
         self.bus = bus
@@ -131,7 +142,8 @@ class Cluster:
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
         """MemoryEngine callback on the owner: deliver here and send to every other worker."""
         self.node.handle_publication(channel, pub, epoch)
-        self.bus.broadcast(encode_pub(channel, epoch, pub))
+        requester, request_id = self._publishing_for
+        self.bus.broadcast(encode_pub(channel, epoch, pub, requester, request_id))
 
     # -- requests to one worker --------------------------------------------------------------
 
@@ -172,23 +184,31 @@ class Cluster:
     def on_bus_message(self, sender: int, message: bytes) -> None:
         kind = message[0]
         if kind == 0x50:                      # P
-            channel, epoch, pub = decode_pub(message)
-            self.node.handle_publication(channel, pub, epoch)
+            channel, requester, request_id = pub_channel(message)
+            if self.node.interested(channel):
+                _, epoch, pub = decode_pub(message)
+                self.node.handle_publication(channel, pub, epoch)
+            if requester == self.index:
+                _, epoch, pub = decode_pub(message)
+                self._resolve(request_id, 0, [pub.offset, epoch], b"")
         elif kind == 0x52:                    # R
             (request_id, _), args, tail = _split(message, _REQ)
             self._answer(sender, request_id, args, tail)
         elif kind == 0x41:                    # A
             (request_id, status, _), result, tail = _split(message, _ANS)
-            future = self._waiting.get(request_id)
-            if future is not None and not future.done():
-                if status:
-                    future.set_exception(ApiError(status))
-                else:
-                    future.set_result((result, tail))
+            self._resolve(request_id, status, result, tail)
         elif kind == 0x43:                    # C
             _, args, tail = _split(message, _CMD)
             task = self.node.loop.create_task(self.node.apply_command(args, tail))
             self.node.track(task)
+
+    def _resolve(self, request_id: int, status: int, result: Any, tail: bytes) -> None:
+        future = self._waiting.get(request_id)
+        if future is not None and not future.done():
+            if status:
+                future.set_exception(ApiError(status))
+            else:
+                future.set_result((result, tail))
 
     def on_bus_gap(self, sender: int) -> None:
         """We fell a whole ring behind `sender`: our clients may have missed publications."""
@@ -200,6 +220,14 @@ class Cluster:
         """Serve a request at once, in bus order: what a worker serves is its own memory."""
         status, result, out_tail = 0, None, b""
         try:
+            if args["op"] == "publish":
+                # The publication broadcast carries the answer (see the P message).
+                self._publishing_for = (sender, request_id)
+                try:
+                    run_now(self._serve(args, tail))
+                    return
+                finally:
+                    self._publishing_for = (-1, 0)
             result, out_tail = run_now(self._serve(args, tail))
         except ApiError as exc:
             status = exc.code

@@ -559,6 +559,10 @@ class Node:
         if subscribers_v2:
             self.fanout.deliver(subscribers_v2, pub_frame(True, channel_json, data, pub.offset, tags))
 
+    def interested(self, channel: str) -> bool:
+        """Whether a publication on `channel` has anyone to reach on this worker."""
+        return channel in self.hub or channel in self.hub_v2 or channel in self._pending
+
     def _check_position(self, channel: str, offset: int, epoch: str) -> None:
         """Live position check (05 §9): a gap or an epoch change ends positioned subscriptions."""
         last = self.positions.get(channel)
