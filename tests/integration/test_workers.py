@@ -264,7 +264,6 @@ def test_stalled_worker_is_lapped_and_its_clients_recover(start_server):
     victim = _client_on_worker(server, stalled, "victim", channel)
     pid = worker_pids(server)[stalled]
     payload = {"blob": "x" * 12_000}
-    session = requests.Session()
     os.kill(pid, signal.SIGSTOP)
     try:
         sent = 0
