@@ -28,9 +28,9 @@ from .cluster import Cluster, ShardedEngine
 from .deadlines import Deadlines
 from .engine.base import Publication
 from .engine.memory import MemoryEngine
-from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_LIMIT, EXPIRED, FORCE_DISCONNECT, INSUFFICIENT_STATE,
-                     INTERNAL, INVALID_TOKEN, SHUTDOWN, SLOW, STALE, SUB_EXPIRED, WRITE_ERROR, ApiError,
-                     Disconnect)
+from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_CLOSED, CONNECTION_LIMIT, EXPIRED, FORCE_DISCONNECT,
+                     INSUFFICIENT_STATE, INTERNAL, INVALID_TOKEN, SHUTDOWN, SLOW, STALE, SUB_EXPIRED, WRITE_ERROR,
+                     ApiError, Disconnect)
 from .globmatch import compile_glob
 from .protocol import ConnectRequest, ConnectRequestError, SubHint, parse_connect_request
 
@@ -228,29 +228,26 @@ class Node:
             log.exception("cleanup of client %s failed", conn.client_id)
 
     def _close_with_frame(self, conn: Conn, frame: bytes) -> None:
-        if conn.close_reason is not None or conn.state == CLOSED:
-            return
-        conn.close_reason = Disconnect(3000, "connection closed", True)
-        self._unsubscribe_all(conn)
-        conn.write_now(frame)
-        conn.close_transport(True)
+        self._terminate(conn, CONNECTION_CLOSED, frame)
 
     def _close_silently(self, conn: Conn) -> None:
-        if conn.close_reason is not None or conn.state == CLOSED:
-            return
-        conn.close_reason = Disconnect(3000, "connection closed", True)
-        self._unsubscribe_all(conn)
-        conn.close_transport(True)
+        self._terminate(conn, CONNECTION_CLOSED, None)
 
     def disconnect_conn(self, conn: Conn, reason: Disconnect) -> None:
         """Server-side termination (01 §8.1): leave channels, Disconnect push, TCP close."""
+        push = None
+        if reason.code != 3000:
+            push = codec.frame_text(codec.disconnect_push(conn.v2, reason.code, reason.reason, reason.reconnect))
+        self._terminate(conn, reason, push)
+
+    def _terminate(self, conn: Conn, reason: Disconnect, last: bytes | None) -> None:
+        """Leave every channel, write what is queued plus `last`, close TCP (no close frame)."""
         if conn.close_reason is not None or conn.state == CLOSED:
             return
         conn.close_reason = reason
         self._unsubscribe_all(conn)
-        if reason.code != 3000:
-            push = codec.disconnect_push(conn.v2, reason.code, reason.reason, reason.reconnect)
-            conn.write_now(codec.frame_text(push))
+        if last is not None:
+            conn.write_now(last)
         conn.close_transport(True)
         if conn.queued:
             # The graceful close waits for the peer to read what is still queued; one that takes
