@@ -146,10 +146,10 @@ class HttpFront(asyncio.Protocol):
             method, path, query, version, headers = parse_head(bytes(buffer[:head_end]))
             routes = self.routes
             if routes.ws_path is not None and path == routes.ws_path:
-                raw = bytes(buffer)
+                after_head = bytes(buffer[head_end + 4:])     # a first frame may follow the head
                 self.buffer = bytearray()
                 self.closed = True            # picows (or the error answer) owns the socket now
-                routes.ws.upgrade(self.transport, method, query, headers, raw)
+                routes.ws.upgrade(self.transport, method, query, headers, after_head)
                 return
             body_start = head_end + 4
             if "chunked" in headers.get("transfer-encoding", "").lower():

@@ -2,8 +2,9 @@
 
 The HTTP front (http.py) reads the request head. For the WebSocket path it
 calls `UniWebSocket.upgrade`, which answers a bad handshake itself or replaces
-the front protocol with picows's `WSProtocol` on the same transport and replays
-the bytes already read, so picows parses the same request and sends the 101.
+the front protocol with picows's `WSProtocol` on the same transport. picows is
+then fed a minimal copy of the validated head (it parses it again and sends the
+101) followed by whatever bytes came after the head.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class UniWebSocket:
         return 0
 
     def upgrade(self, transport: asyncio.Transport, method: str, query: str,
-                headers: dict[str, str], raw: bytes) -> bool:
+                headers: dict[str, str], after_head: bytes) -> bool:
         """Answer or hand over the connection; True when picows now owns it."""
         params = parse_qs(query, keep_blank_values=True) if query else {}
         version = params.get("cf_protocol_version", [""])[0]
@@ -127,7 +128,11 @@ class UniWebSocket:
                               self.max_frame_size, None, self.read_buffer_size)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        _replay(protocol, raw)
+        # picows parses the request again to answer it: give it the validated essentials only
+        # (browsers send a dozen headers and cookies that nothing here reads).
+        head = (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+                + headers["sec-websocket-key"].strip().encode("latin-1") + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        _replay(protocol, head + after_head)
         return True
 
 
