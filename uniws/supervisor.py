@@ -29,7 +29,7 @@ from .bus import BusFiles
 
 log = logging.getLogger("uniws.supervisor")
 
-_RESTART_MIN, _RESTART_MAX, _STABLE_AFTER = 0.1, 5.0, 10.0
+_RESTART_MIN, _RESTART_MAX, _STABLE_AFTER, _STARTUP_GRACE = 0.1, 5.0, 10.0, 5.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
 
 
@@ -88,6 +88,12 @@ class Supervisor:
             if self.stopping:
                 continue
             alive = time.monotonic() - self.started.get(index, 0.0)
+            if code > 0 and index not in self.delay and alive < _STARTUP_GRACE:
+                # A first-generation worker that fails as it starts (the port is taken, say)
+                # would fail again: stop with its error instead of restarting forever.
+                log.critical("worker %d failed to start (exit %d); stopping", index, code)
+                self.startup_failed = True
+                continue
             delay = _RESTART_MIN if alive > _STABLE_AFTER else self.delay.get(index, _RESTART_MIN)
             self.delay[index] = min(delay * 2, _RESTART_MAX)
             self.restart_at[index] = time.monotonic() + delay
@@ -112,6 +118,7 @@ class Supervisor:
 
     def run(self) -> int:
         self.stopping = False
+        self.startup_failed = False
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None      # rings in memory, not on disk
         bus_dir = tempfile.mkdtemp(prefix="uniws-bus-", dir=shm)
         self.bus_files = BusFiles.create(bus_dir, self.count)
@@ -142,6 +149,9 @@ class Supervisor:
                     self._reload()
                 elif sig == signal.SIGCHLD:
                     self._reap()
+            if self.startup_failed:
+                self._shutdown()
+                return 1
             self._restart_due()
 
     def _reload(self) -> None:

@@ -290,3 +290,24 @@ def test_stalled_worker_is_lapped_and_its_clients_recover(start_server):
     result = again.recv_json()["data"]["subs"][channel]
     # Requests that timed out on our side while the worker was stopped still ran: >= 4000.
     assert result["offset"] >= 4000 and not result.get("recovered")     # declared, not silent
+
+
+def test_port_in_use_stops_with_an_error(start_server, tmp_path):
+    """A worker that cannot bind fails at start: the supervisor exits 1 instead of restarting it forever."""
+    import socket
+    import subprocess
+    import sys
+    from .conftest import free_port
+    port = free_port()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", port))
+    blocker.listen()
+    try:
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps({"workers": 2, "uni_websocket": True}))
+        proc = subprocess.run([sys.executable, "-m", "uniws", "-c", str(config), "--address", "127.0.0.1",
+                               "--port", str(port)], capture_output=True, text=True, timeout=30)
+    finally:
+        blocker.close()
+    assert proc.returncode == 1
+    assert "ListenAndServe" in proc.stderr and "failed to start" in proc.stderr
