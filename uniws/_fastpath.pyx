@@ -171,8 +171,7 @@ cdef class Conn(WSListener):
         transport._write_buffer = MemoryBuffer(64)
         self.ws = transport
         self.tr = transport.underlying_transport
-        sock = self.tr.get_extra_info("socket")
-        self.fd = sock.fileno() if sock is not None else -1
+        self.fd = transport._socket      # picows already looked the socket up: no second lookup
         self.last_pong = monotonic()
         self.node.conn_open(self)
 
@@ -295,7 +294,6 @@ cdef class Fanout:
     cdef public Py_ssize_t queue_max
     cdef public list slow            # clients over client_queue_max_size, for node.py to close
     cdef public object on_slow       # callable() run after a flush that found slow clients
-    cdef public unsigned long long frames_out
 
     def __init__(self, loop, Py_ssize_t queue_max, on_slow):
         self.dirty = []
@@ -322,7 +320,6 @@ cdef class Fanout:
         return 0
 
     cpdef enqueue(self, Conn c, bytes frame):
-        self.frames_out += 1
         self._enqueue(c, frame)
 
     cpdef Py_ssize_t deliver(self, object subscribers, bytes frame) except -1:
@@ -337,12 +334,10 @@ cdef class Fanout:
         cdef Py_ssize_t n = 0
         if type(subscribers) is Conn:
             self._enqueue(<Conn>subscribers, frame)
-            self.frames_out += 1
             return 1
         while PyDict_Next(<dict>subscribers, &pos, &key, &value):
             self._enqueue(<Conn>key, frame)
             n += 1
-        self.frames_out += n
         return n
 
     cpdef flush(self):

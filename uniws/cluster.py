@@ -185,12 +185,13 @@ class Cluster:
         kind = message[0]
         if kind == 0x50:                      # P
             channel, requester, request_id = pub_channel(message)
-            if self.node.interested(channel):
+            interested, mine = self.node.interested(channel), requester == self.index
+            if interested or mine:
                 _, epoch, pub = decode_pub(message)
-                self.node.handle_publication(channel, pub, epoch)
-            if requester == self.index:
-                _, epoch, pub = decode_pub(message)
-                self._resolve(request_id, 0, [pub.offset, epoch], b"")
+                if interested:
+                    self.node.handle_publication(channel, pub, epoch)
+                if mine:
+                    self._resolve(request_id, 0, [pub.offset, epoch], b"")
         elif kind == 0x52:                    # R
             (request_id, _), args, tail = _split(message, _REQ)
             self._answer(sender, request_id, args, tail)

@@ -196,8 +196,6 @@ class HttpFront(asyncio.Protocol):
         if routes.health_path is not None and path == routes.health_path:
             self._finish(200, [("Content-Type", "application/json")], b"{}", keep_alive)
             return
-        if routes.ws_path is not None and path == routes.ws_path:
-            return
         self._finish(*_text(404, "404 page not found\n"), keep_alive=keep_alive)
 
     def _api_done(self, task: asyncio.Task, keep_alive: bool) -> None:
