@@ -548,6 +548,19 @@ def _normalise_prefix(prefix: str) -> str:
 _PIPELINE_WINDOW = 1024     # commands of one request in flight at once
 
 
+async def _settled(reply: Any) -> bytes:
+    """The reply line of a command that did not finish at once: a coroutine or future of the
+    line, or (owner's barrier, command id) of a posted publish (many share one barrier)."""
+    if type(reply) is not tuple:
+        return await reply
+    barrier, command_id = reply
+    try:
+        await barrier
+    except ApiError as error:
+        return _v3_error_reply(command_id, error.code, error.message)
+    return _v3_reply(command_id, {})
+
+
 def _eager(coro: Any) -> Any:
     """Run a command now: its reply when it completes without waiting (a publish to a channel
     this worker owns), else a future of the reply, finished from the awaited futures'
@@ -703,7 +716,7 @@ class Api:
         """Append the replies of the oldest pending commands until at most `keep` remain."""
         while len(pending) > keep:
             reply = pending.popleft()
-            _append_line(replies, reply if type(reply) is bytes else await reply)
+            _append_line(replies, reply if type(reply) is bytes else await _settled(reply))
 
     async def _run_lines(self, lines: list[bytes], check_lines: bool, body: bytes, replies: bytearray,
                          pending: collections.deque | None) -> None:
@@ -723,11 +736,19 @@ class Api:
                 offset = sum(len(previous) + 1 for previous in lines[:index])
                 await self._run_command_tail(body[offset:], replies)
                 break
-            if pending is None:
-                _append_line(replies, await self._execute_v3(command))
-                continue
             prepared = self._prepare_v3(command)       # a malformed command stops the batch here
-            pending.append(prepared if type(prepared) is bytes else _eager(self._run_v3(*prepared)))
+            if type(prepared) is bytes:
+                reply = prepared
+            elif prepared[1] is _PUBLISH:              # the batch's common case: no coroutine
+                reply = self._publish_now(prepared[0], prepared[2])
+            else:
+                reply = self._run_v3(*prepared)
+            if pending is None:
+                _append_line(replies, reply if type(reply) is bytes else await _settled(reply))
+                continue
+            if type(reply) is not bytes and type(reply) is not tuple:
+                reply = _eager(reply)
+            pending.append(reply)
             if len(pending) > _PIPELINE_WINDOW:
                     await self._drain(pending, replies, _PIPELINE_WINDOW)
 
@@ -778,6 +799,37 @@ class Api:
         except ApiError as error:
             return _v3_error_reply(command_id, error.code, error.message)
         return command_id, method, request
+
+    def _publish_now(self, command_id: int, request: PublishRequest) -> bytes | tuple | Any:
+        """A publish's reply line when the node publishes at once; (future, command id) when it
+        was posted to the channel's owner (the reply waits for the owner's barrier); else a
+        coroutine of the reply line."""
+        try:
+            if not request.channel:
+                raise ApiError(107)
+            payload = _decode_payload(request.data, request.b64data)
+            outcome = self._node.publish_now(request.channel, payload, skip_history=request.skip_history,
+                                             tags=request.tags)
+        except ApiError as error:
+            return _v3_error_reply(command_id, error.code, error.message)
+        except Exception:
+            self._logger.exception("API method publish failed")
+            return _v3_error_reply(command_id, 100, "internal server error")
+        if type(outcome) is tuple:
+            return _v3_reply(command_id, _publish_result(*outcome))
+        if isinstance(outcome, asyncio.Future):
+            return outcome, command_id
+        return self._finish_publish(command_id, outcome)
+
+    async def _finish_publish(self, command_id: int, position: Awaitable[tuple[int, str]]) -> bytes:
+        try:
+            offset, epoch = await position
+        except ApiError as error:
+            return _v3_error_reply(command_id, error.code, error.message)
+        except Exception:
+            self._logger.exception("API method publish failed")
+            return _v3_error_reply(command_id, 100, "internal server error")
+        return _v3_reply(command_id, _publish_result(offset, epoch))
 
     async def _run_v3(self, command_id: int, method: Any, request: Any) -> bytes:
         try:

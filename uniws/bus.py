@@ -68,6 +68,7 @@ class Bus:
         self.ring = _shmring.Ring(files.ring(index), True)
         self.inbound = {peer: _shmring.Ring(files.ring(peer), False, first_start) for peer in self.peers}
         self.flush_scheduled = False
+        self.before_flush = None                 # called first at each flush; may send more
         self.sent_messages = 0
         self.received_messages = 0
         self.gaps = 0
@@ -99,6 +100,8 @@ class Bus:
 
     def flush(self) -> None:
         """Publish this turn's messages and ring every peer once."""
+        if self.before_flush is not None:
+            self.before_flush()
         self.flush_scheduled = False
         self.ring.publish()
         for peer in self.peers:

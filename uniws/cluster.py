@@ -12,7 +12,7 @@ Wire format of bus messages (each a bytes object, one kind byte first):
   P  publication   <QHHIHI> offset, len(channel), len(epoch), len(tags), requester + 1 (0: none),
                    request id + channel + epoch + tags + data; it is also the answer to the
                    requester's publish request, so a forwarded publish costs two messages, not three
-  R  request       <II>   request id, len(json) + json + raw tail
+  R  request       <II>   request id, len(json) + json + raw tail; id 0 is a post, never answered
   A  answer        <IBI>  request id, status (0 ok, else the API error code), len(json) + json + raw tail
   C  command       <I>    len(json) + json + raw tail
 """
@@ -41,6 +41,7 @@ _ANS = struct.Struct("<IBI")
 _CMD = struct.Struct("<I")
 _PUB_ITEM = struct.Struct("<QII")
 REQUEST_TIMEOUT = 5.0
+_BARRIER = orjson.dumps({"op": "barrier"})
 
 
 def owner_of(channel: str, count: int) -> int:
@@ -130,9 +131,11 @@ class Cluster:
         self._timeouts: collections.deque[tuple[float, int]] = collections.deque()   # FIFO: one timeout
         self.overflows = 0
         self._publishing_for = (-1, 0)        # (worker, request id) of the publish being served
+        self._barriers: dict[int, asyncio.Future] = {}    # worker -> done when this turn's posts are served
 
     def attach(self, bus) -> None:
         self.bus = bus
+        bus.before_flush = self._send_barriers
 
     def owner(self, channel: str) -> int:
         return owner_of(channel, self.count)
@@ -148,8 +151,7 @@ class Cluster:
     # -- requests to one worker --------------------------------------------------------------
 
     async def request(self, worker: int, op: str, args: dict, tail: bytes = b"") -> tuple[Any, bytes]:
-        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
-        request_id = self._next_id
+        request_id = self._new_id()
         future = self.node.loop.create_future()
         self._waiting[request_id] = future
         body = orjson.dumps({"op": op, **args})
@@ -160,12 +162,39 @@ class Cluster:
         finally:
             self._waiting.pop(request_id, None)
 
+    def post(self, worker: int, op: str, args: dict, tail: bytes = b"") -> asyncio.Future:
+        """Send a request that gets no answer of its own. The returned future is shared by
+        everything posted to `worker` in this loop turn: one barrier request follows them
+        (the bus keeps order), and its answer means the worker has served them all."""
+        body = orjson.dumps({"op": op, **args})
+        self.bus.send(worker, b"R" + _REQ.pack(0, len(body)) + body + tail)
+        barrier = self._barriers.get(worker)
+        if barrier is None:
+            barrier = self._barriers[worker] = self.node.loop.create_future()
+        return barrier
+
+    def _send_barriers(self) -> None:
+        """Bus flush hook: close this turn's posts to each worker with one barrier request."""
+        if not self._barriers:
+            return
+        barriers, self._barriers = self._barriers, {}
+        deadline = time.monotonic() + REQUEST_TIMEOUT
+        for worker, future in barriers.items():
+            request_id = self._new_id()
+            self._waiting[request_id] = future
+            self._timeouts.append((deadline, request_id))
+            self.bus.send(worker, b"R" + _REQ.pack(request_id, len(_BARRIER)) + _BARRIER)
+
+    def _new_id(self) -> int:
+        self._next_id = self._next_id % 0xFFFFFFFF + 1     # 1..2**32-1: 0 marks a post
+        return self._next_id
+
     def expire_requests(self, now: float) -> None:
         """Fail requests unanswered for REQUEST_TIMEOUT (the node's tick calls this; no timer each)."""
         timeouts = self._timeouts
         while timeouts and timeouts[0][0] <= now:
             _, request_id = timeouts.popleft()
-            future = self._waiting.get(request_id)
+            future = self._waiting.pop(request_id, None)
             if future is not None and not future.done():
                 log.warning("a worker did not answer request %d within %.0f s", request_id, REQUEST_TIMEOUT)
                 future.set_exception(ApiError(100))
@@ -204,7 +233,7 @@ class Cluster:
             self.node.track(task)
 
     def _resolve(self, request_id: int, status: int, result: Any, tail: bytes) -> None:
-        future = self._waiting.get(request_id)
+        future = self._waiting.pop(request_id, None)
         if future is not None and not future.done():
             if status:
                 future.set_exception(ApiError(status))
@@ -219,6 +248,12 @@ class Cluster:
 
     def _answer(self, sender: int, request_id: int, args: dict, tail: bytes) -> None:
         """Serve a request at once, in bus order: what a worker serves is its own memory."""
+        if request_id == 0:                   # a post: served, never answered
+            try:
+                run_now(self._serve(args, tail))
+            except Exception:
+                log.exception("posted %s from worker %d failed", args.get("op"), sender)
+            return
         status, result, out_tail = 0, None, b""
         try:
             if args["op"] == "publish":
@@ -251,8 +286,8 @@ class Cluster:
         opts = self.node.rules.options(args["channel"])
         if opts is None:
             raise ApiError(102)
-        offset, epoch = await self.local.publish(args["channel"], data, opts, skip_history=args["skip_history"],
-                                                 tags=args.get("tags"))
+        offset, epoch = self.local.publish(args["channel"], data, opts, skip_history=args["skip_history"],
+                                           tags=args.get("tags"))
         return [offset, epoch], b""
 
     async def _op_stream_top(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
@@ -266,6 +301,9 @@ class Cluster:
 
     async def _op_remove_history(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
         await self.local.remove_history(args["channel"])
+        return None, b""
+
+    async def _op_barrier(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
         return None, b""
 
     # -- what every worker serves for surveys ----------------------------------------------------
@@ -291,12 +329,21 @@ class ShardedEngine:
         owner = self.cluster.owner(channel)
         return None if owner == self.cluster.index else owner
 
-    async def publish(self, channel, data, opts, *, skip_history=False, tags=None):
+    def publish(self, channel, data, opts, *, skip_history=False, tags=None):
+        """(offset, epoch) for a channel owned here; a Future done when the owner has served a
+        post (its result is not the position); else a coroutine of (offset, epoch)."""
         owner = self._remote(channel)
         if owner is None:
-            return await self.local.publish(channel, data, opts, skip_history=skip_history, tags=tags)
-        (offset, epoch), _ = await self.cluster.request(
-            owner, "publish", {"channel": channel, "skip_history": skip_history, "tags": tags}, data)
+            return self.local.publish(channel, data, opts, skip_history=skip_history, tags=tags)
+        args = {"channel": channel, "skip_history": skip_history, "tags": tags}
+        if skip_history or not opts.history_enabled:
+            # No position to answer with: post it, and wait only for the turn's barrier, so a
+            # batch to history-less channels costs one answer per owner instead of one each.
+            return self.cluster.post(owner, "publish", args, data)
+        return self._request_publish(owner, args, data)
+
+    async def _request_publish(self, owner: int, args: dict, data: bytes) -> tuple[int, str]:
+        (offset, epoch), _ = await self.cluster.request(owner, "publish", args, data)
         return offset, epoch
 
     async def stream_top(self, channel):

@@ -9,6 +9,7 @@ pipelining, Content-Length and chunked bodies, `Expect: 100-continue`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass
 
@@ -96,14 +97,20 @@ def _dechunk(data: bytearray, start: int) -> tuple[bytes, int] | None:
             raise BadRequest("body too large")
 
 
+# Pipelined requests of one connection served at once; their responses still go out in order.
+# API requests wait on other workers, so serving only one at a time would idle both.
+MAX_PIPELINE = 16
+
+
 class HttpFront(asyncio.Protocol):
-    __slots__ = ("routes", "transport", "buffer", "busy", "closed", "continued", "paused")
+    __slots__ = ("routes", "transport", "buffer", "pending", "last", "closed", "continued", "paused")
 
     def __init__(self, routes: Routes) -> None:
         self.routes = routes
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.busy = False
+        self.pending: collections.deque = collections.deque()   # (task or response tuple, keep_alive)
+        self.last = False              # a request without keep-alive was read: read no further
         self.closed = False
         self.continued = False
         self.paused = False
@@ -113,39 +120,65 @@ class HttpFront(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        for item, _ in self.pending:
+            if isinstance(item, asyncio.Future):
+                item.add_done_callback(_consume)
+        self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        if self.busy:
-            if len(self.buffer) > MAX_BODY and not self.paused:
-                self.paused = True             # pipelining client: stop reading until we catch up
-                self.transport.pause_reading()
-            return
+        self._process_safely()
+        if len(self.buffer) > MAX_BODY and not self.paused and not self.closed:
+            self.paused = True                 # pipelining client: stop reading until we catch up
+            self.transport.pause_reading()
+
+    def _process_safely(self) -> None:
         try:
             self._process()
         except BadRequest as exc:
             log.info("bad HTTP request: %s", exc)
-            self._finish(*_text(400, "Bad Request\n"), keep_alive=False)
+            self._reply(*_text(400, "Bad Request\n"), keep_alive=False)
 
-    def _finish(self, status: int, headers: list[tuple[str, str]], body: bytes, keep_alive: bool) -> None:
-        if self.closed:
-            return
-        self.transport.write(response(status, headers, body, keep_alive))
+    def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes, keep_alive: bool) -> None:
+        """Queue a response behind the requests still being served."""
         if not keep_alive:
-            self.closed = True
-            self.transport.close()
+            self.last = True
+        self.pending.append(((status, headers, body), keep_alive))
+        self._write_ready()
+
+    def _write_ready(self) -> None:
+        """Write every response at the head of the queue that is ready, in request order."""
+        pending = self.pending
+        while pending and not self.closed:
+            item, keep_alive = pending[0]
+            if isinstance(item, asyncio.Future):
+                if not item.done():
+                    return
+                try:
+                    item = item.result()
+                except Exception:
+                    log.exception("API request failed")
+                    item = _text(500, "Internal Server Error\n")
+            pending.popleft()
+            status, headers, body = item
+            self.transport.write(response(status, headers, body, keep_alive))
+            if not keep_alive:
+                self.closed = True
+                self.transport.close()
 
     def _process(self) -> None:
-        while not self.busy and not self.closed and self.buffer:
+        while not self.last and not self.closed and self.buffer and len(self.pending) < MAX_PIPELINE:
             buffer = self.buffer
             head_end = buffer.find(b"\r\n\r\n")
             if head_end < 0:
                 if len(buffer) > MAX_HEAD:
-                    self._finish(*_text(431, "Request Header Fields Too Large\n"), keep_alive=False)
+                    self._reply(*_text(431, "Request Header Fields Too Large\n"), keep_alive=False)
                 return
             method, path, query, version, headers = parse_head(bytes(buffer[:head_end]))
             routes = self.routes
             if routes.ws_path is not None and path == routes.ws_path:
+                if self.pending:
+                    return                    # answer what came before the upgrade first
                 after_head = bytes(buffer[head_end + 4:])     # a first frame may follow the head
                 self.buffer = bytearray()
                 self.closed = True            # picows (or the error answer) owns the socket now
@@ -166,7 +199,7 @@ class HttpFront(asyncio.Protocol):
                 if length < 0:
                     raise BadRequest("bad Content-Length")
                 if length > MAX_BODY:
-                    self._finish(*_text(413, "Payload Too Large\n"), keep_alive=False)
+                    self._reply(*_text(413, "Payload Too Large\n"), keep_alive=False)
                     return
                 end = body_start + length
                 if len(buffer) < end:
@@ -188,30 +221,30 @@ class HttpFront(asyncio.Protocol):
                keep_alive: bool) -> None:
         routes = self.routes
         if routes.api is not None and routes.api.matches(path):
-            self.busy = True
+            if not keep_alive:
+                self.last = True
             task = asyncio.get_running_loop().create_task(
                 routes.api.handle(method, path, query, headers, body))
-            task.add_done_callback(lambda t: self._api_done(t, keep_alive))
+            self.pending.append((task, keep_alive))
+            task.add_done_callback(self._api_done)
             return
         if routes.health_path is not None and path == routes.health_path:
-            self._finish(200, [("Content-Type", "application/json")], b"{}", keep_alive)
+            self._reply(200, [("Content-Type", "application/json")], b"{}", keep_alive)
             return
-        self._finish(*_text(404, "404 page not found\n"), keep_alive=keep_alive)
+        self._reply(*_text(404, "404 page not found\n"), keep_alive=keep_alive)
 
-    def _api_done(self, task: asyncio.Task, keep_alive: bool) -> None:
-        self.busy = False
-        try:
-            status, headers, body = task.result()
-        except Exception:
-            log.exception("API request failed")
-            status, headers, body = _text(500, "Internal Server Error\n")
-        self._finish(status, headers, body, keep_alive)
-        if self.paused and not self.closed:
+    def _api_done(self, _task: asyncio.Task) -> None:
+        self._write_ready()
+        if self.closed:
+            return
+        if self.paused and len(self.buffer) <= MAX_BODY:
             self.paused = False
             self.transport.resume_reading()
-        if not self.closed and self.buffer:
-            try:
-                self._process()
-            except BadRequest as exc:
-                log.info("bad HTTP request: %s", exc)
-                self._finish(*_text(400, "Bad Request\n"), keep_alive=False)
+        if self.buffer:
+            self._process_safely()
+
+
+def _consume(task: asyncio.Future) -> None:
+    """Retrieve the outcome of an API task whose client is gone (no "never retrieved" warning)."""
+    if not task.cancelled():
+        task.exception()

@@ -611,10 +611,23 @@ class Node:
         except ApiError:
             pass                          # the worker that took the API call reports errors
 
+    def publish_now(self, channel: str, data: bytes, *, skip_history: bool = False,
+                    tags: dict[str, str] | None = None):
+        """Publish without a coroutine: (offset, epoch) when done at once, a Future when posted
+        to the channel's owner (done when served; no position), else a coroutine of the position.
+        Raises ApiError for a channel no namespace allows."""
+        opts = self._options(channel)
+        return self.engine.publish(channel, data, opts, skip_history=skip_history, tags=tags)
+
     async def publish(self, channel: str, data: bytes, *, skip_history: bool = False,
                       tags: dict[str, str] | None = None) -> tuple[int, str]:
-        opts = self._options(channel)
-        return await self.engine.publish(channel, data, opts, skip_history=skip_history, tags=tags)
+        outcome = self.publish_now(channel, data, skip_history=skip_history, tags=tags)
+        if type(outcome) is tuple:
+            return outcome
+        if isinstance(outcome, asyncio.Future):
+            await outcome
+            return 0, ""
+        return await outcome
 
     async def subscribe(self, user: str, channel: str, *, client: str = "", session: str = "",
                         info: bytes | None = None, data: bytes | None = None, expire_at: int = 0,

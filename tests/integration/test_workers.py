@@ -108,6 +108,35 @@ def test_subscribers_on_every_worker_get_publications_in_order(start_server):
     assert info(server)["metrics"]["items"]["uniws.bus.gaps"] == 0
 
 
+def test_history_less_channels_keep_one_order_on_every_worker(start_server):
+    """Publications to channels without history are posted to their owner (no position to
+    answer with); every subscriber on every worker still sees each channel in publish order."""
+    server = start_server({**CONFIG, "namespaces": [{"name": "live"}]})
+    channels = [f"live:c{i}" for i in range(8)]
+    assert len({owner_of(ch, 4) for ch in channels}) == 4           # every worker owns some
+    clients = [UniClient(server.ws_url, {"token": server.token(f"u{i}"), "subs": {ch: {} for ch in channels}})
+               for i in range(16)]
+    for client in clients:
+        assert client.recv_json()["type"] == 6
+    assert all(w["num_clients"] for w in info(server)["workers"])
+    n = 0
+    for _request in range(6):                          # each request on a new connection: any worker
+        lines = []
+        for _ in range(50):
+            lines.append(json.dumps({"method": "publish", "params": {"channel": channels[n % 8], "data": {"n": n}}}))
+            n += 1
+        r = requests.post(server.base + "/api", data="\n".join(lines), headers={"Authorization": "apikey apikey"},
+                          timeout=10)
+        assert r.status_code == 200
+        assert [json.loads(line) for line in r.text.splitlines()] == [{"result": {}}] * 50
+    for client in clients:
+        got: dict[str, list[int]] = {ch: [] for ch in channels}
+        for _ in range(n):
+            push = client.recv_json(timeout=10)
+            got[push["channel"]].append(push["data"]["data"]["n"])
+        assert got == {ch: list(range(i, n, 8)) for i, ch in enumerate(channels)}
+
+
 def test_node_wide_api(start_server):
     server = start_server(CONFIG)
     clients = [UniClient(server.ws_url, {"token": server.token(f"u{i % 3}"), "subs": {"room": {}}}) for i in range(12)]

@@ -8,7 +8,7 @@ atomic inside one worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Awaitable, Protocol
 
 from ..channels import ChannelOptions
 
@@ -29,9 +29,10 @@ class EngineHandler(Protocol):
 
 
 class Engine(Protocol):
-    async def publish(self, channel: str, data: bytes, opts: ChannelOptions, *,
-                      skip_history: bool = False, tags: dict[str, str] | None = None) -> tuple[int, str]:
-        """Sequence (when history is on), store and broadcast; returns (offset, epoch)."""
+    def publish(self, channel: str, data: bytes, opts: ChannelOptions, *, skip_history: bool = False,
+                tags: dict[str, str] | None = None) -> tuple[int, str] | Awaitable[tuple[int, str]]:
+        """Sequence (when history is on), store and broadcast: (offset, epoch) when done at
+        once (no coroutine per publication on the hot path), else an awaitable of it."""
 
     async def stream_top(self, channel: str) -> tuple[int, str]:
         """(top offset, epoch) of the channel's stream, creating the stream if needed."""

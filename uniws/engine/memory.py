@@ -57,8 +57,8 @@ class MemoryEngine:
             stream.remove_at = self._clock() + self._meta_ttl
         return stream
 
-    async def publish(self, channel: str, data: bytes, opts: ChannelOptions, *,
-                      skip_history: bool = False, tags: dict[str, str] | None = None) -> tuple[int, str]:
+    def publish(self, channel: str, data: bytes, opts: ChannelOptions, *,
+                skip_history: bool = False, tags: dict[str, str] | None = None) -> tuple[int, str]:
         pub = Publication(data, 0, tags or None)
         epoch = ""
         if opts.history_enabled and not skip_history:
