@@ -1,10 +1,11 @@
 """Build and drive the C load generator (loadgen.c) and publisher (publisher.c).
 
-`build()` compiles both with gcc -O2 into bench/build/ when a source is newer than
-its binary. `LoadGen` runs `loadgen sub` and speaks its stdin/stdout line protocol;
-`publish()` runs one `publisher` and returns its JSON result. Connection files
-(one `CHANNEL<TAB>CONNECT-MESSAGE` line per client) come from `write_conns()`,
-with an HS256 JWT per client signed with the server config's secret.
+`build()` compiles both, and the C peer server peers/c_epoll.c, with gcc -O2 into
+bench/build/ when a source is newer than its binary. `LoadGen` runs `loadgen sub`
+and speaks its stdin/stdout line protocol; `publish()` runs one `publisher` and
+returns its JSON result. Connection files (one `CHANNEL<TAB>CONNECT-MESSAGE` line
+per client) come from `write_conns()`, with an HS256 JWT per client signed with the
+server config's secret.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build"
 LOADGEN = BUILD / "loadgen"
 PUBLISHER = BUILD / "publisher"
+C_EPOLL = BUILD / "c_epoll"            # peer (e), started by servers.Server
 
 
 def build() -> None:
     BUILD.mkdir(exist_ok=True)
-    for src, exe in ((HERE / "loadgen.c", LOADGEN), (HERE / "publisher.c", PUBLISHER)):
+    for src, exe in ((HERE / "loadgen.c", LOADGEN), (HERE / "publisher.c", PUBLISHER),
+                     (HERE / "peers" / "c_epoll.c", C_EPOLL)):
         if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
             subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(src)], check=True)
 

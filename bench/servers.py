@@ -29,7 +29,7 @@ SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 API_KEY = "bench-api-key"
 WS_PATH = "/connection/uni_websocket"
 
-ALL = ["uniws", "picows_broadcast", "picows_coalesce", "websockets_broadcast", "nats"]
+ALL = ["uniws", "picows_broadcast", "picows_coalesce", "c_epoll", "websockets_broadcast", "nats"]
 
 # --------------------------------------------------------------------------- process registry
 
@@ -200,6 +200,8 @@ class Server:
             return "nats-server is not installed (apt-get install -y nats-server)"
         if name == "websockets_broadcast" and importlib.util.find_spec("websockets") is None:
             return "the websockets package is not installed (pip install websockets)"
+        if name == "c_epoll" and not shutil.which("gcc") and not (HERE / "build" / "c_epoll").exists():
+            return "gcc is not installed (needed to build peers/c_epoll.c)"
         return None
 
     def _command(self) -> list[str]:
@@ -223,6 +225,11 @@ class Server:
                             f'websocket {{\n  listen: "127.0.0.1:{self.ws_port}"\n  no_tls: true\n'
                             f'  compression: false\n}}\n')
             return ["nats-server", "-c", str(path)]
+        if self.name == "c_epoll":
+            from . import gen           # gen imports this module: import it only here
+            gen.build()                 # a no-op unless peers/c_epoll.c is newer than the binary
+            return [str(gen.C_EPOLL), "--host", "127.0.0.1", "--port", str(self.ws_port),
+                    "--api-port", str(self.api_port)]
         return [sys.executable, str(PEERS / f"{self.name}.py"), "--host", "127.0.0.1",
                 "--port", str(self.ws_port), "--api-port", str(self.api_port)]
 
