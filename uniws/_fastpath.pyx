@@ -169,6 +169,9 @@ cdef class Conn(WSListener):
         transport.request = None
         transport.response = None
         transport._write_buffer = MemoryBuffer(64)
+        real = getattr(transport.underlying_transport, "real", None)
+        if real is not None:          # transport._Handover, used only for picows's connection_made
+            transport.underlying_transport = real
         self.ws = transport
         self.tr = transport.underlying_transport
         self.fd = transport._socket      # picows already looked the socket up: no second lookup
