@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from uniws.engine.base import position_of
 from uniws.errors import ApiError, Disconnect
 
 Response = tuple[int, list[tuple[str, str]], bytes]
@@ -818,12 +819,12 @@ class Api:
         if type(outcome) is tuple:
             return _v3_reply(command_id, _publish_result(*outcome))
         if isinstance(outcome, asyncio.Future):
-            return outcome, command_id
+            return outcome, command_id        # many share this barrier: no coroutine each
         return self._finish_publish(command_id, outcome)
 
-    async def _finish_publish(self, command_id: int, position: Awaitable[tuple[int, str]]) -> bytes:
+    async def _finish_publish(self, command_id: int, outcome: Any) -> bytes:
         try:
-            offset, epoch = await position
+            offset, epoch = await position_of(outcome)
         except ApiError as error:
             return _v3_error_reply(command_id, error.code, error.message)
         except Exception:
@@ -930,25 +931,36 @@ class Api:
         if not request.channels:
             raise ApiError(107)
         payload = _decode_payload(request.data, request.b64data)
-        responses = await asyncio.gather(
-            *(self._publish_one(channel, payload, request) for channel in request.channels)
-        )
-        return {"responses": list(responses)}
+        # Every channel's publish starts now, in order (what reaches an owner keeps that order);
+        # then the ones that wait on an owner are awaited together.
+        started = [self._start_one(channel, payload, request) for channel in request.channels]
+        return {"responses": [one if type(one) is dict else await one for one in started]}
 
-    async def _publish_one(self, channel: str, payload: bytes, request: BroadcastRequest) -> dict[str, Any]:
-        """One channel of a broadcast: errors stay inside this channel's response (06 §4.2)."""
+    def _start_one(self, channel: str, payload: bytes, request: BroadcastRequest) -> Any:
+        """One channel of a broadcast: its response, or a coroutine of it. Errors stay inside
+        this channel's response (06 §4.2)."""
         if not channel:
             return {"error": _error_object(107, "bad request")}
         try:
-            offset, epoch = await self._node.publish(
-                channel, payload, skip_history=request.skip_history, tags=request.tags
-            )
-        except ApiError as error:
-            return {"error": _error_object(error.code, error.message)}
-        except Exception:
-            self._logger.exception("API broadcast to %r failed", channel)
-            return {"error": _error_object(100, "internal server error")}
+            outcome = self._node.publish_now(channel, payload, skip_history=request.skip_history, tags=request.tags)
+        except Exception as exc:
+            return self._broadcast_error(channel, exc)
+        if type(outcome) is tuple:
+            return {"result": _publish_result(*outcome)}
+        return self._finish_one(channel, outcome)
+
+    async def _finish_one(self, channel: str, outcome: Any) -> dict[str, Any]:
+        try:
+            offset, epoch = await position_of(outcome)
+        except Exception as exc:
+            return self._broadcast_error(channel, exc)
         return {"result": _publish_result(offset, epoch)}
+
+    def _broadcast_error(self, channel: str, exc: Exception) -> dict[str, Any]:
+        if isinstance(exc, ApiError):
+            return {"error": _error_object(exc.code, exc.message)}
+        self._logger.exception("API broadcast to %r failed", channel, exc_info=exc)
+        return {"error": _error_object(100, "internal server error")}
 
     async def _run_subscribe(self, request: SubscribeRequest) -> None:
         if not request.channel:

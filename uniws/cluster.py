@@ -3,7 +3,10 @@
 Each channel stream has one authority, its owner worker (a stable hash of the
 name). The owner assigns offsets, keeps history and broadcasts every
 publication of the channel to all workers, so every worker sees a channel's
-publications in the same order. Other workers reach the owner with requests.
+publications in the same order. Other workers reach the owner with requests;
+a publish to a channel without history has no position to answer with, so it
+is posted instead (no answer of its own), and one barrier request per owner and
+loop turn tells the publishing worker when the owner has served all of them.
 Presence, `channels` and `info` are answered by surveying every worker (the
 connections are where the truth is), and user-targeted commands (subscribe,
 unsubscribe, disconnect, refresh) are broadcast and applied by every worker.
@@ -150,17 +153,18 @@ class Cluster:
 
     # -- requests to one worker --------------------------------------------------------------
 
-    async def request(self, worker: int, op: str, args: dict, tail: bytes = b"") -> tuple[Any, bytes]:
+    def send_request(self, worker: int, op: str, args: dict, tail: bytes = b"") -> asyncio.Future:
+        """Send a request now (so it keeps its place in bus order); the future of (result, tail)."""
         request_id = self._new_id()
         future = self.node.loop.create_future()
         self._waiting[request_id] = future
         body = orjson.dumps({"op": op, **args})
         self.bus.send(worker, b"R" + _REQ.pack(request_id, len(body)) + body + tail)
         self._timeouts.append((time.monotonic() + REQUEST_TIMEOUT, request_id))
-        try:
-            return await future
-        finally:
-            self._waiting.pop(request_id, None)
+        return future
+
+    async def request(self, worker: int, op: str, args: dict, tail: bytes = b"") -> tuple[Any, bytes]:
+        return await self.send_request(worker, op, args, tail)
 
     def post(self, worker: int, op: str, args: dict, tail: bytes = b"") -> asyncio.Future:
         """Send a request that gets no answer of its own. The returned future is shared by
@@ -318,6 +322,11 @@ class Cluster:
         return self.node.stats(), b""
 
 
+async def _position(answer: asyncio.Future) -> tuple[int, str]:
+    (offset, epoch), _ = await answer
+    return offset, epoch
+
+
 class ShardedEngine:
     """The engine interface over channel owners: local calls for owned channels, requests otherwise."""
 
@@ -331,7 +340,8 @@ class ShardedEngine:
 
     def publish(self, channel, data, opts, *, skip_history=False, tags=None):
         """(offset, epoch) for a channel owned here; a Future done when the owner has served a
-        post (its result is not the position); else a coroutine of (offset, epoch)."""
+        post (its result is not the position); else a coroutine of (offset, epoch). Whatever
+        goes to the owner is sent before this returns, so calls reach it in call order."""
         owner = self._remote(channel)
         if owner is None:
             return self.local.publish(channel, data, opts, skip_history=skip_history, tags=tags)
@@ -340,11 +350,7 @@ class ShardedEngine:
             # No position to answer with: post it, and wait only for the turn's barrier, so a
             # batch to history-less channels costs one answer per owner instead of one each.
             return self.cluster.post(owner, "publish", args, data)
-        return self._request_publish(owner, args, data)
-
-    async def _request_publish(self, owner: int, args: dict, data: bytes) -> tuple[int, str]:
-        (offset, epoch), _ = await self.cluster.request(owner, "publish", args, data)
-        return offset, epoch
+        return _position(self.cluster.send_request(owner, "publish", args, data))
 
     async def stream_top(self, channel):
         owner = self._remote(channel)

@@ -26,7 +26,7 @@ from .auth import Credentials, TokenError, TokenVerifier
 from .channels import ChannelOptions, ChannelRules
 from .cluster import Cluster, ShardedEngine
 from .deadlines import Deadlines
-from .engine.base import Publication
+from .engine.base import Publication, position_of
 from .engine.memory import MemoryEngine
 from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_CLOSED, CONNECTION_LIMIT, EXPIRED, FORCE_DISCONNECT,
                      INSUFFICIENT_STATE, INTERNAL, INVALID_TOKEN, SHUTDOWN, SLOW, STALE, SUB_EXPIRED, WRITE_ERROR,
@@ -622,12 +622,7 @@ class Node:
     async def publish(self, channel: str, data: bytes, *, skip_history: bool = False,
                       tags: dict[str, str] | None = None) -> tuple[int, str]:
         outcome = self.publish_now(channel, data, skip_history=skip_history, tags=tags)
-        if type(outcome) is tuple:
-            return outcome
-        if isinstance(outcome, asyncio.Future):
-            await outcome
-            return 0, ""
-        return await outcome
+        return outcome if type(outcome) is tuple else await position_of(outcome)
 
     async def subscribe(self, user: str, channel: str, *, client: str = "", session: str = "",
                         info: bytes | None = None, data: bytes | None = None, expire_at: int = 0,

@@ -115,7 +115,7 @@ def test_history_less_channels_keep_one_order_on_every_worker(start_server):
     channels = [f"live:c{i}" for i in range(8)]
     assert len({owner_of(ch, 4) for ch in channels}) == 4           # every worker owns some
     clients = [UniClient(server.ws_url, {"token": server.token(f"u{i}"), "subs": {ch: {} for ch in channels}})
-               for i in range(16)]
+               for i in range(40)]   # 4 * (3/4)**40: every worker gets some, near certainly
     for client in clients:
         assert client.recv_json()["type"] == 6
     assert all(w["num_clients"] for w in info(server)["workers"])
@@ -135,6 +135,28 @@ def test_history_less_channels_keep_one_order_on_every_worker(start_server):
             push = client.recv_json(timeout=10)
             got[push["channel"]].append(push["data"]["data"]["n"])
         assert got == {ch: list(range(i, n, 8)) for i, ch in enumerate(channels)}
+
+
+def test_broadcast_and_publish_in_one_batch_keep_command_order(start_server):
+    server = start_server({**CONFIG, "namespaces": [{"name": "live"}]})
+    channels = ["live:a", "live:b", "live:c", "a", "b"]          # with and without history
+    client = UniClient(server.ws_url, {"token": server.token("u1"), "subs": {ch: {} for ch in channels}})
+    assert client.recv_json()["type"] == 6
+    lines = []
+    for n in range(40):
+        if n % 2:
+            lines.append({"method": "publish", "params": {"channel": channels[n % 5], "data": {"n": n}}})
+        else:
+            lines.append({"method": "broadcast", "params": {"channels": channels, "data": {"n": n}}})
+    r = requests.post(server.base + "/api", data="\n".join(map(json.dumps, lines)),
+                      headers={"Authorization": "apikey apikey"}, timeout=10)
+    assert r.status_code == 200 and "error" not in r.text
+    got: dict[str, list[int]] = {ch: [] for ch in channels}
+    for _ in range(20 * len(channels) + 20):
+        push = client.recv_json(timeout=10)
+        got[push["channel"]].append(push["data"]["data"]["n"])
+    for ch in channels:
+        assert got[ch] == sorted(got[ch]), (ch, got[ch])
 
 
 def test_node_wide_api(start_server):

@@ -1,14 +1,16 @@
 """The engine interface the node codes against (memory now; the bus and Redis later).
 
-Every method is a coroutine so an engine may do I/O. The memory engine never
-suspends, which is what makes "read the stream top, then register in the hub"
+Every method but `publish` is a coroutine so an engine may do I/O; `publish` returns
+its result directly when it can (the hot path runs no coroutine per publication). The
+memory engine never suspends, which is what makes "read the stream top, then register in the hub"
 atomic inside one worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import Awaitable, Protocol
+from typing import Any, Awaitable, Protocol
 
 from ..channels import ChannelOptions
 
@@ -20,6 +22,15 @@ class Publication:
     data: bytes
     offset: int = 0
     tags: dict[str, str] | None = None
+
+
+async def position_of(outcome: Awaitable[Any]) -> tuple[int, str]:
+    """(offset, epoch) of a publish that did not finish at once: a Future means it was posted
+    to the channel's owner (done when served; no position), else an awaitable of the position."""
+    if isinstance(outcome, asyncio.Future):
+        await outcome
+        return 0, ""
+    return await outcome
 
 
 class EngineHandler(Protocol):
