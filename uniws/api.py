@@ -751,7 +751,7 @@ class Api:
                 reply = _eager(reply)
             pending.append(reply)
             if len(pending) > _PIPELINE_WINDOW:
-                    await self._drain(pending, replies, _PIPELINE_WINDOW)
+                await self._drain(pending, replies, _PIPELINE_WINDOW)
 
     async def _run_command_tail(self, tail: bytes, replies: bytearray) -> None:
         """Streaming decode of concatenated JSON values (slow path of 06 §2.4)."""

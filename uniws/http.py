@@ -120,15 +120,17 @@ class HttpFront(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        for item, _ in self.pending:
+        for item, _ in self.pending or ():
             if isinstance(item, asyncio.Future):
                 item.add_done_callback(_consume)
-        self.pending.clear()
+        self.pending = None
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         self.buffer += data
         self._process_safely()
-        if len(self.buffer) > MAX_BODY and not self.paused and not self.closed:
+        if not self.closed and not self.paused and len(self.buffer) > MAX_BODY:
             self.paused = True                 # pipelining client: stop reading until we catch up
             self.transport.pause_reading()
 
@@ -180,9 +182,12 @@ class HttpFront(asyncio.Protocol):
                 if self.pending:
                     return                    # answer what came before the upgrade first
                 after_head = bytes(buffer[head_end + 4:])     # a first frame may follow the head
-                self.buffer = bytearray()
-                self.closed = True            # picows (or the error answer) owns the socket now
-                routes.ws.upgrade(self.transport, method, query, headers, after_head)
+                transport = self.transport
+                # picows (or the error answer) owns the socket now. uvloop keeps a bound method
+                # of this protocol for the connection's life: hold nothing from here on.
+                self.closed = True
+                self.buffer = self.pending = self.transport = self.routes = None
+                routes.ws.upgrade(transport, method, query, headers, after_head)
                 return
             body_start = head_end + 4
             if "chunked" in headers.get("transfer-encoding", "").lower():
