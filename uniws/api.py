@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from uniws.eager import run_eager
 from uniws.engine.base import position_of
 from uniws.errors import ApiError, Disconnect
 
@@ -562,38 +563,6 @@ async def _settled(reply: Any) -> bytes:
     return _v3_reply(command_id, {})
 
 
-def _eager(coro: Any) -> Any:
-    """Run a command now: its reply when it completes without waiting (a publish to a channel
-    this worker owns), else a future of the reply, finished from the awaited futures'
-    callbacks (what a task would do, without creating one per command)."""
-    try:
-        waiting = coro.send(None)
-    except StopIteration as done:
-        return done.value
-    loop = asyncio.get_running_loop()
-    result = loop.create_future()
-
-    def resume(_: Any = None) -> None:
-        try:
-            waiting = coro.send(None)
-        except StopIteration as done:
-            result.set_result(done.value)
-        except BaseException as exc:  # _run_v3 answers errors itself; this is a bug
-            result.set_exception(exc)
-        else:
-            wait(waiting)
-
-    def wait(waiting: Any) -> None:
-        if waiting is None:                 # a bare yield (asyncio.sleep(0)): next turn
-            loop.call_soon(resume)
-        else:
-            waiting._asyncio_future_blocking = False
-            waiting.add_done_callback(resume)
-
-    wait(waiting)
-    return result
-
-
 class Api:
     """The server HTTP API in front of a node (see the module docstring)."""
 
@@ -748,7 +717,7 @@ class Api:
                 _append_line(replies, reply if type(reply) is bytes else await _settled(reply))
                 continue
             if type(reply) is not bytes and type(reply) is not tuple:
-                reply = _eager(reply)
+                reply = run_eager(reply)
             pending.append(reply)
             if len(pending) > _PIPELINE_WINDOW:
                 await self._drain(pending, replies, _PIPELINE_WINDOW)

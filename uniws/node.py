@@ -26,6 +26,7 @@ from .auth import Credentials, TokenError, TokenVerifier
 from .channels import ChannelOptions, ChannelRules
 from .cluster import Cluster, ShardedEngine
 from .deadlines import Deadlines
+from .eager import run_eager
 from .engine.base import Publication, position_of
 from .engine.memory import MemoryEngine
 from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_CLOSED, CONNECTION_LIMIT, EXPIRED, FORCE_DISCONNECT,
@@ -280,7 +281,11 @@ class Node:
     # -- connect (spec 05 §5) ----------------------------------------------------------------
 
     def _start_connect(self, conn: Conn, request: ConnectRequest) -> None:
-        self.track(self.loop.create_task(self._connect(conn, request)))
+        # Run now: a connect rarely waits (only for a channel position owned by another
+        # worker), and a task per connect costs as much as the JWT check.
+        waiting = run_eager(self._connect(conn, request))
+        if waiting is not None:
+            self.track(waiting)
 
     async def _connect(self, conn: Conn, request: ConnectRequest) -> None:
         try:
@@ -510,8 +515,8 @@ class Node:
         self._remove_from_hub(conn, channel)
         return sub
 
-    def track(self, task: asyncio.Task) -> None:
-        """Keep a reference to a short-lived task until it is done."""
+    def track(self, task: asyncio.Future) -> None:
+        """Keep a reference to a short-lived task (or eager run's future) until it is done."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
