@@ -362,3 +362,34 @@ def test_port_in_use_stops_with_an_error(start_server, tmp_path):
         blocker.close()
     assert proc.returncode == 1
     assert "ListenAndServe" in proc.stderr and "failed to start" in proc.stderr
+
+
+def test_publication_posted_to_a_stopped_owner_is_answered_with_an_error(start_server):
+    """A publish to a history-less channel is posted to its owner; the API answers it only
+    when the owner has served it. An owner that does not serve it within the request
+    timeout (5 s) makes the answer error 100, never a success."""
+    server = start_server({"workers": 2, "namespaces": [{"name": "live"}]})
+    channel = next(f"live:x{i}" for i in range(100) if owner_of(f"live:x{i}", 2) == 1)
+    pid = worker_pids(server)[1]
+    body = json.dumps({"method": "publish", "params": {"channel": channel, "data": {}}})
+    answers: list = []
+
+    def call() -> None:
+        try:
+            r = requests.post(server.base + "/api", data=body, timeout=9,
+                              headers={"Authorization": "apikey apikey", "Connection": "close"})
+            answers.append(r.json())
+        except requests.RequestException:
+            pass                                     # landed on the stopped worker itself
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert answers, "no request reached the running worker"
+    assert all(a == {"error": {"code": 100, "message": "internal server error"}} for a in answers), answers
