@@ -672,10 +672,11 @@ class Api:
         lines = body.split(b"\n")
         check_lines = _may_hold_huge_integer(body)  # one scan of the body, rarely true
         # With several workers a command may wait for another process (a channel's owner).
-        # Commands then run as tasks started in order and answered in order: requests reach
+        # Commands then all start at once, in order, and are answered in order: requests reach
         # each owner in command order (the bus keeps order), and a batch costs one round trip
-        # instead of one per command, so its publications are fanned out together.
-        pending: collections.deque[asyncio.Task] | None = collections.deque() if self._pipelined else None
+        # instead of one per command, so its publications are fanned out together. Pending
+        # entries are reply lines, futures of one (run_eager), or (barrier, id) of a post.
+        pending: collections.deque | None = collections.deque() if self._pipelined else None
         try:
             await self._run_lines(lines, check_lines, body, replies, pending)
         finally:
