@@ -486,8 +486,13 @@ def _error_object(code: int, message: str) -> dict[str, Any]:
     return {"code": code, "message": message}
 
 
+_EMPTY_RESULT = b'{"result":{}}'     # a publish's reply without id or position: most of a batch's
+
+
 def _v3_reply(command_id: int, result: Any) -> bytes:
     """A v3 reply line; `result` None means a void method (bare `{}`, 06 §2.5)."""
+    if not command_id and result == {}:
+        return _EMPTY_RESULT
     if result is None:
         return orjson.dumps({"id": command_id}) if command_id else b"{}"
     if command_id:
