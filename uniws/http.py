@@ -103,7 +103,7 @@ MAX_PIPELINE = 16
 
 
 class HttpFront(asyncio.Protocol):
-    __slots__ = ("routes", "transport", "buffer", "pending", "last", "closed", "continued", "paused")
+    __slots__ = ("routes", "transport", "buffer", "pending", "last", "eof", "closed", "continued", "paused")
 
     def __init__(self, routes: Routes) -> None:
         self.routes = routes
@@ -111,6 +111,7 @@ class HttpFront(asyncio.Protocol):
         self.buffer = bytearray()
         self.pending: collections.deque = collections.deque()   # (task or response tuple, keep_alive)
         self.last = False              # a request without keep-alive was read: read no further
+        self.eof = False               # the client will send nothing more (it may still read)
         self.closed = False
         self.continued = False
         self.paused = False
@@ -124,6 +125,14 @@ class HttpFront(asyncio.Protocol):
             if isinstance(item, asyncio.Future):
                 item.add_done_callback(_consume)
         self.pending = None
+
+    def eof_received(self) -> bool:
+        """A client that half-closes after its requests still gets their responses."""
+        self.eof = True
+        if self.closed:
+            return False
+        self._process_safely()
+        return bool(self.pending)      # True: keep the socket open to write what is owed
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -218,7 +227,9 @@ class HttpFront(asyncio.Protocol):
             self._route(method, path, query, headers, body, keep_alive)
 
     def _maybe_continue(self, headers: dict[str, str]) -> None:
-        if not self.continued and headers.get("expect", "").lower() == "100-continue":
+        # Only for the request at the head: an interim response must not overtake the
+        # responses still owed to earlier pipelined requests (asked again when they are out).
+        if not self.continued and not self.pending and headers.get("expect", "").lower() == "100-continue":
             self.continued = True
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -247,6 +258,9 @@ class HttpFront(asyncio.Protocol):
             self.transport.resume_reading()
         if self.buffer:
             self._process_safely()
+        if self.eof and not self.pending and not self.closed:
+            self.closed = True
+            self.transport.close()
 
 
 def _consume(task: asyncio.Future) -> None:

@@ -61,3 +61,24 @@ def test_pipelined_requests_are_answered_in_order(start_server):
         push = client.recv_json(timeout=10)
         got[push["channel"]].append(push["data"]["data"]["k"])
     assert got == {ch: [0, 1, 2, 3, 4] for ch in channels}
+
+
+def test_continue_waits_for_the_responses_owed_before_it(start_server):
+    server = start_server({"workers": 2, "namespaces": [{"name": "live"}]})
+    batch = "\n".join(json.dumps({"method": "publish", "params": {"channel": f"live:c{i}", "data": i}})
+                      for i in range(50)).encode()
+    body = b'{"method":"info"}'
+    second = (f"POST /api HTTP/1.1\r\nHost: x\r\nAuthorization: apikey apikey\r\nExpect: 100-continue\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(_request("/api", batch) + second)
+        data = b""
+        while b"100 Continue" not in data:
+            data += sock.recv(65536)
+        first, _, rest = data.partition(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 200 OK") and first.count(b'{"result":{}}') == 50
+        assert rest == b""
+        sock.sendall(body)
+        sock.shutdown(socket.SHUT_WR)
+        reply = _read_responses(sock)
+    assert len(reply) == 1 and reply[0][0] == 200 and b"nodes" in reply[0][1]
