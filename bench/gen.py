@@ -28,13 +28,12 @@ HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build"
 LOADGEN = BUILD / "loadgen"
 PUBLISHER = BUILD / "publisher"
-C_EPOLL = BUILD / "c_epoll"            # peer (e), started by servers.Server
 
 
 def build() -> None:
     BUILD.mkdir(exist_ok=True)
     for src, exe in ((HERE / "loadgen.c", LOADGEN), (HERE / "publisher.c", PUBLISHER),
-                     (HERE / "peers" / "c_epoll.c", C_EPOLL)):
+                     (HERE / "peers" / "c_epoll.c", servers.C_EPOLL)):
         if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
             subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(src)], check=True)
 

@@ -277,21 +277,27 @@ def _fanout_report(args, clients, names, rates, runs) -> None:
             lambda path: report.plot_fanout(path, curves, clients))
 
 
-# --------------------------------------------------------------------------- memory
-
-def memory(args) -> None:
+def _repeat(args, kind: str, prefix: str, channel_of, run, report_) -> None:
+    """One `run` per server per repetition (servers alternating), then `report_` of them all:
+    the driver of the scenarios whose runs are one step each (memory, connect, channels)."""
     names = _servers(args)
     clients = _clients(args)
-    conns = _conns("personal", clients, lambda i: f"#u{i}")
-    progress = Progress(args.reps * len(names), f"memory {clients} clients")
+    conns = _conns(prefix, clients, channel_of)
+    progress = Progress(args.reps * len(names), f"{kind} {clients} clients")
     runs = []
     for rep in range(args.reps):
         for name in _order(names, rep):
             label = f"rep {rep + 1}/{args.reps} {name}"
-            _attempt(runs, name, rep, lambda: _memory_run(name, args, clients, conns, progress, label, rep, len(runs)))
+            _attempt(runs, name, rep, lambda: run(name, args, clients, conns, progress, label, rep, len(runs)))
             progress.update(len(runs), label, force=True)
     progress.finish()
-    _memory_report(args, clients, names, runs)
+    report_(args, clients, names, runs)
+
+
+# --------------------------------------------------------------------------- memory
+
+def memory(args) -> None:
+    _repeat(args, "memory", "personal", lambda i: f"#u{i}", _memory_run, _memory_report)
 
 
 def _memory_run(name, args, clients, conns, progress, label, rep, done) -> dict:
@@ -330,18 +336,7 @@ def _memory_report(args, clients, names, runs) -> None:
 # --------------------------------------------------------------------------- connect
 
 def connect(args) -> None:
-    names = _servers(args)
-    clients = _clients(args)
-    conns = _conns("bench", clients, lambda i: "bench")
-    progress = Progress(args.reps * len(names), f"connect {clients} clients")
-    runs = []
-    for rep in range(args.reps):
-        for name in _order(names, rep):
-            label = f"rep {rep + 1}/{args.reps} {name}"
-            _attempt(runs, name, rep, lambda: _connect_run(name, args, clients, conns, progress, label, rep, len(runs)))
-            progress.update(len(runs), label, force=True)
-    progress.finish()
-    _connect_report(args, clients, names, runs)
+    _repeat(args, "connect", "bench", lambda i: "bench", _connect_run, _connect_report)
 
 
 def _connect_run(name, args, clients, conns, progress, label, rep, done) -> dict:
@@ -379,18 +374,7 @@ def _connect_report(args, clients, names, runs) -> None:
 # --------------------------------------------------------------------------- channels
 
 def channels(args) -> None:
-    names = _servers(args)
-    clients = _clients(args)
-    conns = _conns("chan", clients, lambda i: f"c{i}")
-    progress = Progress(args.reps * len(names), f"channels {clients} clients")
-    runs = []
-    for rep in range(args.reps):
-        for name in _order(names, rep):
-            label = f"rep {rep + 1}/{args.reps} {name}"
-            _attempt(runs, name, rep, lambda: _channels_run(name, args, clients, conns, progress, label, rep, len(runs)))
-            progress.update(len(runs), label, force=True)
-    progress.finish()
-    _channels_report(args, clients, names, runs)
+    _repeat(args, "channels", "chan", lambda i: f"c{i}", _channels_run, _channels_report)
 
 
 def _channels_run(name, args, clients, conns, progress, label, rep, done) -> dict:

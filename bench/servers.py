@@ -28,6 +28,7 @@ PEERS = HERE / "peers"
 SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 API_KEY = "bench-api-key"
 WS_PATH = "/connection/uni_websocket"
+C_EPOLL = HERE / "build" / "c_epoll"    # peer (e); gen.build() compiles it
 
 ALL = ["uniws", "picows_broadcast", "picows_coalesce", "c_epoll", "websockets_broadcast", "nats"]
 
@@ -200,7 +201,7 @@ class Server:
             return "nats-server is not installed (apt-get install -y nats-server)"
         if name == "websockets_broadcast" and importlib.util.find_spec("websockets") is None:
             return "the websockets package is not installed (pip install websockets)"
-        if name == "c_epoll" and not shutil.which("gcc") and not (HERE / "build" / "c_epoll").exists():
+        if name == "c_epoll" and not shutil.which("gcc") and not C_EPOLL.exists():
             return "gcc is not installed (needed to build peers/c_epoll.c)"
         return None
 
@@ -225,10 +226,8 @@ class Server:
                             f'websocket {{\n  listen: "127.0.0.1:{self.ws_port}"\n  no_tls: true\n'
                             f'  compression: false\n}}\n')
             return ["nats-server", "-c", str(path)]
-        if self.name == "c_epoll":
-            from . import gen           # gen imports this module: import it only here
-            gen.build()                 # a no-op unless peers/c_epoll.c is newer than the binary
-            return [str(gen.C_EPOLL), "--host", "127.0.0.1", "--port", str(self.ws_port),
+        if self.name == "c_epoll":      # built by gen.build() when the bench starts
+            return [str(C_EPOLL), "--host", "127.0.0.1", "--port", str(self.ws_port),
                     "--api-port", str(self.api_port)]
         return [sys.executable, str(PEERS / f"{self.name}.py"), "--host", "127.0.0.1",
                 "--port", str(self.ws_port), "--api-port", str(self.api_port)]

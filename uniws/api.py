@@ -486,13 +486,8 @@ def _error_object(code: int, message: str) -> dict[str, Any]:
     return {"code": code, "message": message}
 
 
-_EMPTY_RESULT = b'{"result":{}}'     # a publish's reply without id or position: most of a batch's
-
-
 def _v3_reply(command_id: int, result: Any) -> bytes:
     """A v3 reply line; `result` None means a void method (bare `{}`, 06 §2.5)."""
-    if not command_id and result == {}:
-        return _EMPTY_RESULT
     if result is None:
         return orjson.dumps({"id": command_id}) if command_id else b"{}"
     if command_id:
@@ -712,13 +707,7 @@ class Api:
                 offset = sum(len(previous) + 1 for previous in lines[:index])
                 await self._run_command_tail(body[offset:], replies)
                 break
-            prepared = self._prepare_v3(command)       # a malformed command stops the batch here
-            if type(prepared) is bytes:
-                reply = prepared
-            elif prepared[1] is _PUBLISH:              # the batch's common case: no coroutine
-                reply = self._publish_now(prepared[0], prepared[2])
-            else:
-                reply = self._run_v3(*prepared)
+            reply = self._start_v3(command)            # a malformed command stops the batch here
             if pending is None:
                 _append_line(replies, reply if type(reply) is bytes else await _settled(reply))
                 continue
@@ -743,10 +732,18 @@ class Api:
 
     async def _execute_v3(self, command: Any) -> bytes:
         """Run one decoded command and return its reply line; raises _MalformedRequest."""
+        reply = self._start_v3(command)
+        return reply if type(reply) is bytes else await _settled(reply)
+
+    def _start_v3(self, command: Any) -> Any:
+        """Start one decoded command: its reply line when done at once, else what `_settled`
+        turns into one (a coroutine, or a posted publish's (barrier, id)). Raises _MalformedRequest."""
         prepared = self._prepare_v3(command)
         if type(prepared) is bytes:
             return prepared
-        return await self._run_v3(*prepared)
+        if prepared[1] is _PUBLISH:                    # a batch's common case: no coroutine
+            return self._publish_now(prepared[0], prepared[2])
+        return self._run_v3(*prepared)
 
     def _prepare_v3(self, command: Any) -> bytes | tuple:
         """Decode one command without running it: a reply line already (an error), or

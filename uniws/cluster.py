@@ -254,10 +254,7 @@ class Cluster:
         """Serve a request at once, in bus order: what a worker serves is its own memory."""
         if request_id == 0:                   # a post: served, never answered
             try:
-                if args["op"] == "publish":       # nearly every post: no coroutine for it
-                    self._publish_here(args, tail)
-                else:
-                    run_now(self._serve(args, tail))
+                run_now(self._serve(args, tail))
             except Exception:
                 log.exception("posted %s from worker %d failed", args.get("op"), sender)
             return
@@ -290,14 +287,12 @@ class Cluster:
     # -- what an owner serves ------------------------------------------------------------------
 
     async def _op_publish(self, args: dict, data: bytes) -> tuple[Any, bytes]:
-        return list(self._publish_here(args, data)), b""
-
-    def _publish_here(self, args: dict, data: bytes) -> tuple[int, str]:
         opts = self.node.rules.options(args["channel"])
         if opts is None:
             raise ApiError(102)
-        return self.local.publish(args["channel"], data, opts, skip_history=args["skip_history"],
-                                  tags=args.get("tags"))
+        offset, epoch = self.local.publish(args["channel"], data, opts, skip_history=args["skip_history"],
+                                           tags=args.get("tags"))
+        return [offset, epoch], b""
 
     async def _op_stream_top(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
         return list(await self.local.stream_top(args["channel"])), b""
