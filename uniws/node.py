@@ -34,6 +34,7 @@ from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_CLOSED, CONNECTION_L
                      ApiError, Disconnect)
 from .globmatch import compile_glob
 from .protocol import ConnectRequest, ConnectRequestError, SubHint, parse_connect_request
+from .transport import BOUNDARY
 
 log = logging.getLogger("uniws.node")
 
@@ -807,7 +808,9 @@ class Node:
         presence_channels = sum(1 for hub in (self.hub, self.hub_v2) for channel, subscribers in hub.items()
                                 if any(conn.channels[channel].presence for conn in each_member(subscribers)))
         items = {"uniws.engine.streams": float(self.engine.num_streams()),
-                 "uniws.node.presence_channels": float(presence_channels)}
+                 "uniws.node.presence_channels": float(presence_channels),
+                 "uniws.ws.listener_exceptions": float(BOUNDARY.listener_exceptions),
+                 "uniws.ws.client_protocol_errors": float(BOUNDARY.client_protocol_errors)}
         if self.cluster is not None:
             items.update({f"uniws.bus.{k}": float(v) for k, v in self.cluster.bus.stats().items()})
             items["uniws.bus.overflows"] = float(self.cluster.overflows)

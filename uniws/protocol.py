@@ -64,6 +64,8 @@ def _first_json_value(payload: bytes) -> object:
         value, _end = _DECODER.raw_decode(text)
     except ValueError as exc:
         raise ConnectRequestError(f"malformed JSON: {exc}") from None
+    except RecursionError:                       # the pure decoder recurses once per nesting level
+        raise ConnectRequestError("malformed JSON: nested too deeply") from None
     return value
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from urllib.parse import parse_qs
 
 from picows.picows import WSAutoPingStrategy, WSProtocol
@@ -23,21 +24,42 @@ log = logging.getLogger("uniws.transport")
 _STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed"}
 
 
-class _QuietLogger:
-    """picows logs every accepted connection at info level and would create a child
-    logger per connection; per-connection log lines and objects cost more than the
-    connection itself, so picows gets this silent logger and uniws logs events itself."""
+class _BoundaryLogger:
+    """The logger picows is given.
+
+    picows would log every accepted connection at info level and create a child logger per
+    connection; per-connection log lines and objects cost more than the connection itself, so
+    its debug/info/warning calls are dropped and uniws logs connection events itself. Its
+    error/exception calls are what happens at the boundary: a client's malformed frame
+    ("WS parser error", an expected outcome: counted, logged at debug) or an exception raised
+    by uniws's own listener (a bug: logged at error with its traceback and counted, so a test
+    or an operator sees it instead of a bare 1011 close).
+    """
+
+    def __init__(self) -> None:
+        self.listener_exceptions = 0       # uniws code raised inside a picows callback
+        self.client_protocol_errors = 0    # clients that sent frames picows refused
 
     def isEnabledFor(self, level: int) -> bool:
-        return False
+        return level >= logging.ERROR
 
     def _ignore(self, *args, **kwargs) -> None:
         pass
 
-    debug = info = warning = error = exception = log = _ignore
+    debug = info = warning = log = _ignore
+
+    def error(self, msg: str, *args, **kwargs) -> None:
+        if msg.startswith("WS parser error"):
+            self.client_protocol_errors += 1
+            log.debug("client frame refused: " + msg, *args)
+            return
+        self.listener_exceptions += 1
+        log.error("picows boundary: " + msg, *args, exc_info=sys.exc_info()[0] is not None)
+
+    exception = critical = error
 
 
-_QUIET = _QuietLogger()
+BOUNDARY = _BoundaryLogger()
 
 
 class _Handover:
@@ -159,7 +181,7 @@ class UniWebSocket:
             transport.close()
             return False
         conn = self.node.new_conn(version == "v2", connect_request)
-        protocol = WSProtocol(None, None, False, lambda _request: conn, _QUIET, True, None,
+        protocol = WSProtocol(None, None, False, lambda _request: conn, BOUNDARY, True, None,
                               False, 10.0, 10.0, WSAutoPingStrategy.PING_WHEN_IDLE, True,
                               self.max_frame_size, None, self.read_buffer_size)
         transport.set_protocol(protocol)
