@@ -1,4 +1,4 @@
-"""The benchmark scenarios: fanout, memory, connect, channels (and selftest).
+"""The benchmark scenarios: fanout, memory, connect, channels (and selftest, soak).
 
 Each scenario runs every selected server side by side: for each repetition, the
 servers one after another (the order rotates per repetition), each freshly
@@ -426,6 +426,61 @@ def _channels_report(args, clients, names, runs) -> None:
                                           "publications delivered/s", f"personal channels ({clients} clients)"))
 
 
+# --------------------------------------------------------------------------- soak
+
+def soak(args) -> None:
+    """Not a comparison: one long run per server that holds the clients under steady publishing
+    and reports RSS growth, lost, duplicated and reordered messages."""
+    names = _servers(args)
+    clients = _clients(args)
+    conns = _conns(f"soak{args.channels}", clients, lambda i: f"s{i % args.channels}")
+    seconds = args.minutes * 60
+    progress = Progress(len(names), f"soak {clients} clients, {args.minutes:g} min")
+    runs = []
+    for name in names:
+        _attempt(runs, name, 0, lambda: _soak_run(name, args, clients, conns, seconds, progress, len(runs)))
+    progress.finish()
+    rows = [[r["server"], fmt(r["rss_start_kb"] / 1024, 1), fmt(r["rss_max_kb"] / 1024, 1),
+             fmt(r["rss_end_kb"] / 1024, 1), fmt(r["rss_growth_kb"], 0), fmt(r["rss_growth_kb"] / clients * 1024, 1),
+             fmt(r["published"]), fmt(r["delivered"]), r["lost"], r["dup"], r["seq_err"], r["pub_errors"]]
+            for r in runs if "error" not in r]
+    text = "\n" + table(["server", "RSS start MiB", "max MiB", "end MiB", "growth KiB", "growth B/client",
+                         "published", "delivered", "lost", "dup", "reordered", "API errors"], rows,
+                        f"soak: {clients} clients on {args.channels} channels, {args.rate:g} publications/s for "
+                        f"{args.minutes:g} min (RSS sampled every {args.sample:g} s)")
+    _finish("soak", args, {"clients": clients, "runs": runs}, text, lambda path: [])
+
+
+def _soak_run(name, args, clients, conns, seconds, progress, done) -> dict:
+    with _server(name, args, personal=False) as s, _loadgen(s, conns, clients, args) as lg:
+        label = f"{name}"
+        ready = lg.wait_ready(lambda m: progress.update(done, f"{label} connect {m['ready']}/{clients}"))
+        lg.reset()
+        start_kb = s.rss_kb()
+        samples = [(0.0, start_kb)]
+
+        def tick(t: float) -> None:
+            if t - samples[-1][0] >= args.sample:
+                samples.append((round(t, 1), s.rss_kb()))
+            progress.update(done + min(t / seconds, 1) * .95, f"{label} {t / 60:.1f}/{args.minutes:g} min, "
+                                                             f"RSS {samples[-1][1] / 1024:.1f} MiB")
+
+        count = max(args.channels, round(args.rate * seconds) // args.channels * args.channels)
+        pub = gen.publish(s.api_port, proto=s.api_proto, rate=args.rate, count=count, channel="s",
+                          nchan=args.channels, batch=args.batch, inflight=args.pub_inflight, pad=args.pad,
+                          on_tick=tick, max_seconds=int(seconds * 1.5 + 60))
+        per_conn = pub["acked"] // args.channels
+        res = lg.wait(per_conn, timeout_s=60, idle_s=args.idle)
+        end_kb = s.rss_kb()
+        samples.append((round(seconds, 1), end_kb))
+        return {"server": name, "rep": 0, "ready": ready["ready"], "published": pub["acked"],
+                "pub_errors": pub["errors"], "not_accepted": count - pub["acked"], "delivered": res["msgs"],
+                "expected": per_conn * ready["ready"], "lost": res["lost"], "dup": res["dup"],
+                "seq_err": res["seq_err"], "rss_start_kb": start_kb, "rss_end_kb": end_kb,
+                "rss_max_kb": max(kb for _, kb in samples), "rss_growth_kb": end_kb - start_kb,
+                "rss_samples": samples, "p99_ms": res["p99_ms"], "max_ms": res["max_ms"]}
+
+
 # --------------------------------------------------------------------------- selftest
 
 def selftest(args) -> None:
@@ -511,6 +566,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p, 10000)
     p.add_argument("--rounds", type=int, default=5, help="publications per channel")
     p.set_defaults(func=channels)
+    p = sub.add_parser("soak", help="hold the clients under steady publishing for a long time: RSS growth, "
+                                     "lost/duplicated/reordered messages (uniws only unless --servers)")
+    add_common(p, 10000)
+    p.add_argument("--minutes", type=float, default=30.0, help="how long to publish")
+    p.add_argument("--rate", type=float, default=100.0, help="publications/s, spread over the channels")
+    p.add_argument("--channels", type=int, default=100, help="channels the clients are spread over")
+    p.add_argument("--sample", type=float, default=30.0, help="seconds between RSS samples")
+    p.set_defaults(func=soak, servers="uniws")
     p = sub.add_parser("selftest", help="the load generator's own ceiling against a C blaster")
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--messages", type=int, default=20000, help="messages per connection")
