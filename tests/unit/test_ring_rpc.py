@@ -1,13 +1,19 @@
-"""Requests, posts and barriers (uniws/rpc.py) between two real buses on one event loop."""
+"""Requests, posts and barriers (uniws/rpc.py) between two real buses on one event loop, and the
+publication messages the owner broadcasts."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from uniws._shmring import RingClosed
 from uniws.bus import Bus, BusFiles
+from uniws.channels import channel_name_ok
+from uniws.cluster import decode_pub, decode_pubs, encode_pub, encode_pubs, pub_channel
+from uniws.engine.base import Publication
 from uniws.errors import ApiError
 from uniws.rpc import ANSWER, ANSWERED, Rpc
 
@@ -142,3 +148,23 @@ def test_a_turn_larger_than_a_ring_is_published_early_so_readers_keep_up(pair):
     loop.run_until_complete(burst())
     assert b.gaps == 0
     assert [int.from_bytes(m[:4], "little") for m in got] == list(range(3000))
+
+
+# -- the publication messages the owner broadcasts (cluster.py) ----------------------------------
+
+publications = st.builds(Publication, st.binary(max_size=200), st.integers(0, 2**64 - 1),
+                         st.one_of(st.none(), st.dictionaries(st.text(max_size=10), st.text(max_size=10),
+                                                              min_size=1, max_size=3)))
+
+
+@given(st.text(min_size=1, max_size=50).filter(channel_name_ok), st.text(max_size=8).filter(
+    lambda e: e == "" or channel_name_ok(e)), publications, st.integers(-1, 30), st.integers(0, 2**32 - 1))
+def test_publication_message_round_trip(channel, epoch, pub, requester, request_id):
+    message = encode_pub(channel, epoch, pub, requester, request_id)
+    assert pub_channel(message) == (channel, requester, request_id)
+    assert decode_pub(message) == (channel, epoch, pub)
+
+
+@given(st.lists(publications, max_size=20))
+def test_history_tail_round_trip(pubs):
+    assert decode_pubs(encode_pubs(pubs)) == pubs
