@@ -120,12 +120,14 @@ class Cluster:
         self.count = count
         self.local = local
         self.bus = None                        # set by attach(); a Bus
+        self.max_message = 0                   # the longest message the bus carries (attach)
         self.rpc = Rpc(node.loop, self._serve)
         self.overflows = 0
         self._publishing_for = (-1, 0)        # (worker, request id) of the publish being served
 
     def attach(self, bus) -> None:
         self.bus = bus
+        self.max_message = bus.max_message
         self.rpc.attach(bus)
 
     def owner(self, channel: str) -> int:
@@ -141,12 +143,12 @@ class Cluster:
                       tags: dict[str, str] | None) -> tuple[int, str]:
         """Publish a channel owned here: refused (error 100, nothing done) when its broadcast
         would not fit the bus, so no worker delivers what another cannot."""
-        size = 1 + _PUB.size + 4 * len(channel) + _EPOCH_ROOM + len(data)
-        if tags or size > self.bus.max_message:
+        size = 1 + _PUB.size + 4 * len(channel) + _EPOCH_ROOM + len(data)    # a bound: no encoding
+        if tags or size > self.max_message:
             size += len(_tags_bytes(tags)) + len(channel.encode()) - 4 * len(channel)
-            if size > self.bus.max_message:
+            if size > self.max_message:
                 log.warning("publication to %.80r refused: %d bytes are over the bus limit of %d bytes",
-                            channel, size, self.bus.max_message)
+                            channel, size, self.max_message)
                 raise ApiError(100)
         return self.local.publish(channel, data, opts, skip_history=skip_history, tags=tags)
 
