@@ -15,7 +15,9 @@ about 2.5x the throughput and half the latency between two workers.
 
 The supervisor creates the ring files and the eventfds before forking, so a
 restarted worker finds them again: as a writer it continues after what was
-published, as a reader it starts at the current end.
+published, as a reader it starts at the current end. The files' memory is
+reserved when they are created: a /dev/shm too small for them is an error at
+startup that names the size needed, never a SIGBUS in a worker later.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class BusFiles:
             raise BusSpaceError(
                 f"the inter-worker bus needs {_mib(need)} of shared memory in {directory} "
                 f"({count} workers x {_mib(ring_bytes)} ring each) but only {_mib(free)} is free: "
-                f"give /dev/shm more room (Docker: --shm-size={2 * (need >> 20) + 64}m) or run fewer "
+                f"give /dev/shm more room (Docker: --shm-size={(need >> 20) + 32}m) or run fewer "
                 f"workers (option workers)") from None
         doorbells = tuple(os.eventfd(0, os.EFD_NONBLOCK) for _ in range(count))
         return cls(directory, doorbells)
