@@ -32,10 +32,11 @@ from typing import Any, Callable
 
 import orjson
 
+from ._shmring import MessageTooLarge
 from .engine.base import Publication
 from .engine.memory import MemoryEngine
 from .errors import ApiError
-from .rpc import ANSWER, ANSWERED, POST, REQUEST, Rpc, split
+from .rpc import ANSWER, ANSWERED, FAILED, POST, REQUEST, Rpc, split
 
 log = logging.getLogger("uniws.cluster")
 
@@ -169,8 +170,14 @@ class Cluster:
         return [result for result, _tail in answers]
 
     def command(self, op: str, args: dict, tail: bytes = b"") -> None:
+        """Broadcast a command every other worker applies; error 100, nothing sent, when it
+        does not fit the bus."""
         body = orjson.dumps({"op": op, **args})
-        self.bus.broadcast(b"C" + _CMD.pack(len(body)) + body + tail)
+        try:
+            self.bus.broadcast(b"C" + _CMD.pack(len(body)) + body + tail)
+        except MessageTooLarge as exc:
+            log.warning("%s not sent to the other workers: %s", op, exc)
+            raise ApiError(100) from None
 
     # -- bus handler -----------------------------------------------------------------------
 
@@ -187,7 +194,7 @@ class Cluster:
                     self.rpc.resolve(request_id, [pub.offset, epoch])
         elif kind == REQUEST or kind == POST:
             self.rpc.on_request(sender, message)
-        elif kind == ANSWER:
+        elif kind == ANSWER or kind == FAILED:
             self.rpc.on_answer(message)
         elif kind == 0x43:                    # C
             _, args, tail = split(message, _CMD)

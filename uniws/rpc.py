@@ -11,8 +11,11 @@ one fails exactly the command that sent it.
 
 Wire format (each a bus message, one kind byte first):
   R  request  <II>   request id, len(json) + json + raw tail; always answered
-  Q  post     <II>   request id, len(json) + json + raw tail; answered only on failure
+  Q  post     <III>  barrier id, index in the barrier's turn, len(json) + json + raw tail
   A  answer   <IBI>  request id, status (0 ok, else the API error code), len(json) + json + raw tail
+  F  failed   <IIB>  barrier id, index, status: the answer to a post that failed
+A turn's posts to one worker share the id of the barrier that follows them, so a post
+costs no id and no table entry of its own.
 """
 
 from __future__ import annotations
@@ -34,8 +37,11 @@ log = logging.getLogger("uniws.rpc")
 REQUEST = 0x52      # R
 POST = 0x51         # Q
 ANSWER = 0x41       # A
+FAILED = 0x46       # F
 _REQ = struct.Struct("<II")
+_POST = struct.Struct("<III")
 _ANS = struct.Struct("<IBI")
+_FAILED = struct.Struct("<IIB")
 REQUEST_TIMEOUT = 5.0
 _BARRIER = orjson.dumps({"op": "barrier"})
 
@@ -60,10 +66,10 @@ class Rpc:
         self.timeout = timeout
         self.bus = None                        # set by attach(); a Bus
         self._next_id = 0
-        self._waiting: dict[int, asyncio.Future] = {}                 # request or post id -> future
+        self._waiting: dict[int, asyncio.Future] = {}                 # request id -> future
         self._timeouts: collections.deque[tuple[float, int]] = collections.deque()   # FIFO: one timeout
-        self._turn: dict[int, list[int]] = {}          # worker -> ids posted to it in this loop turn
-        self._barriers: dict[int, list[int]] = {}      # barrier id -> the post ids it confirms
+        self._turn: dict[int, tuple[int, list]] = {}   # worker -> (barrier id, futures of this turn's posts)
+        self._barriers: dict[int, list] = {}           # barrier id -> futures of the posts it confirms
 
     def attach(self, bus) -> None:
         self.bus = bus
@@ -73,9 +79,9 @@ class Rpc:
         self._next_id = self._next_id % 0xFFFFFFFF + 1     # 1..2**32-1
         return self._next_id
 
-    def _send(self, worker: int, kind: int, request_id: int, body: bytes, tail: bytes) -> None:
+    def _send(self, worker: int, message: bytes) -> None:
         try:
-            self.bus.send(worker, bytes((kind,)) + _REQ.pack(request_id, len(body)) + body + tail)
+            self.bus.send(worker, message)
         except MessageTooLarge as exc:
             log.warning("request not sent to worker %d: %s", worker, exc)
             raise ApiError(100) from None
@@ -86,7 +92,8 @@ class Rpc:
         """Send a request now (so it keeps its place in bus order); the future of (result, tail).
         Raises ApiError(100), nothing sent, for a request too large for the bus."""
         request_id = self._new_id()
-        self._send(worker, REQUEST, request_id, orjson.dumps({"op": op, **args}), tail)
+        body = orjson.dumps({"op": op, **args})
+        self._send(worker, b"R" + _REQ.pack(request_id, len(body)) + body + tail)
         future = self.loop.create_future()
         self._waiting[request_id] = future
         self._timeouts.append((time.monotonic() + self.timeout, request_id))
@@ -95,15 +102,15 @@ class Rpc:
     def post(self, worker: int, op: str, args: dict, tail: bytes = b"") -> asyncio.Future:
         """Send a request answered only if it fails; its future is done (result None) when this
         turn's barrier to `worker` is answered, or fails with the worker's error."""
-        post_id = self._new_id()
-        self._send(worker, POST, post_id, orjson.dumps({"op": op, **args}), tail)
-        future = self.loop.create_future()
-        self._waiting[post_id] = future
         turn = self._turn.get(worker)
+        barrier_id, index = (turn[0], len(turn[1])) if turn is not None else (self._new_id(), 0)
+        body = orjson.dumps({"op": op, **args})
+        self._send(worker, b"Q" + _POST.pack(barrier_id, index, len(body)) + body + tail)
+        future = self.loop.create_future()
         if turn is None:
-            self._turn[worker] = [post_id]
+            self._turn[worker] = (barrier_id, [future])
         else:
-            turn.append(post_id)
+            turn[1].append(future)
         return future
 
     def _send_barriers(self) -> None:
@@ -112,10 +119,9 @@ class Rpc:
             return
         turn, self._turn = self._turn, {}
         deadline = time.monotonic() + self.timeout
-        for worker, post_ids in turn.items():
-            barrier_id = self._new_id()
+        for worker, (barrier_id, futures) in turn.items():
             self.bus.send(worker, b"R" + _REQ.pack(barrier_id, len(_BARRIER)) + _BARRIER)
-            self._barriers[barrier_id] = post_ids
+            self._barriers[barrier_id] = futures
             self._timeouts.append((deadline, barrier_id))
 
     def expire(self, now: float) -> None:
@@ -131,27 +137,39 @@ class Rpc:
 
     def on_request(self, sender: int, message: bytes) -> None:
         """Serve a request or post at once, in bus order, and answer it as its kind says."""
-        kind = message[0]
-        (request_id, _), args, tail = split(message, _REQ)
+        post = message[0] == POST
+        fields, args, tail = split(message, _POST if post else _REQ)
         status, result, out_tail = 0, None, b""
         try:
-            outcome = self.serve(sender, request_id if kind == REQUEST else 0, args, tail)
-            if outcome is ANSWERED or kind == POST:
+            outcome = self.serve(sender, 0 if post else fields[0], args, tail)
+            if outcome is ANSWERED or post:
                 return
             result, out_tail = outcome
         except ApiError as exc:
             status = exc.code
         except Exception:
-            log.exception("%s %s from worker %d failed", "request" if kind == REQUEST else "post",
-                          args.get("op"), sender)
+            log.exception("%s %s from worker %d failed", "post" if post else "request", args.get("op"), sender)
             status = 100
-        self.answer(sender, request_id, status, result, out_tail)
+        if post:
+            self.bus.send(sender, b"F" + _FAILED.pack(fields[0], fields[1], status))
+        else:
+            self.answer(sender, fields[0], status, result, out_tail)
 
     def answer(self, worker: int, request_id: int, status: int, result: Any, tail: bytes = b"") -> None:
         body = orjson.dumps(result)
         self.bus.send(worker, b"A" + _ANS.pack(request_id, status, len(body)) + body + tail)
 
     def on_answer(self, message: bytes) -> None:
+        """An A (answer) or F (failed post) message."""
+        if message[0] == FAILED:
+            barrier_id, index, status = _FAILED.unpack_from(message, 1)
+            futures = self._barriers.get(barrier_id)
+            if futures is None:                      # the barrier is still being sent this turn
+                turn = next((t for t in self._turn.values() if t[0] == barrier_id), None)
+                futures = turn[1] if turn is not None else None
+            if futures is not None and index < len(futures) and not futures[index].done():
+                futures[index].set_exception(ApiError(status))
+            return
         (request_id, status, _), result, tail = split(message, _ANS)
         self._settle(request_id, status, result, tail)
 
@@ -160,11 +178,10 @@ class Rpc:
         self._settle(request_id, 0, result, b"")
 
     def _settle(self, request_id: int, status: int, result: Any, tail: bytes) -> None:
-        post_ids = self._barriers.pop(request_id, None)
-        if post_ids is not None:                     # a barrier: every post still waiting
-            for post_id in post_ids:
-                future = self._waiting.pop(post_id, None)
-                if future is not None and not future.done():
+        futures = self._barriers.pop(request_id, None)
+        if futures is not None:                      # a barrier: every post not failed already
+            for future in futures:
+                if not future.done():
                     if status:
                         future.set_exception(ApiError(status))
                     else:

@@ -15,7 +15,7 @@ from uniws.channels import channel_name_ok
 from uniws.cluster import decode_pub, decode_pubs, encode_pub, encode_pubs, pub_channel
 from uniws.engine.base import Publication
 from uniws.errors import ApiError
-from uniws.rpc import ANSWER, ANSWERED, Rpc
+from uniws.rpc import ANSWER, ANSWERED, FAILED, Rpc
 
 
 class Worker:
@@ -37,7 +37,7 @@ class Worker:
         return {"echo": args.get("n")}, tail
 
     def on_bus_message(self, sender: int, message: bytes) -> None:
-        if message[0] == ANSWER:
+        if message[0] in (ANSWER, FAILED):
             self.rpc.on_answer(message)
         else:
             self.rpc.on_request(sender, message)
@@ -168,3 +168,17 @@ def test_publication_message_round_trip(channel, epoch, pub, requester, request_
 @given(st.lists(publications, max_size=20))
 def test_history_tail_round_trip(pubs):
     assert decode_pubs(encode_pubs(pubs)) == pubs
+
+
+def test_post_failure_answered_before_its_barrier_is_sent(pair):
+    """A turn published early (a large turn): the owner may answer a failed post before the
+    turn's barrier is even sent; the failure still lands on that post alone."""
+    loop, a, b = pair
+    failing = a.rpc.post(1, "fail", {"code": 102})
+    fine = a.rpc.post(1, "echo", {})
+    a.bus._publish()                               # what an early publish does mid-turn
+    b.bus._on_doorbell()                           # the owner serves both posts now
+    b.bus.flush()
+    a.bus._on_doorbell()                           # the failure arrives; no barrier sent yet
+    assert failing.done() and failing.exception().code == 102 and not fine.done()
+    assert loop.run_until_complete(fine) is None   # the barrier, sent at the flush, confirms the other
