@@ -15,12 +15,15 @@ about 2.5x the throughput and half the latency between two workers.
 
 The supervisor creates the ring files and the eventfds before forking, so a
 restarted worker finds them again: as a writer it continues after what was
-published, as a reader it starts at the current end.
+published, as a reader it starts at the current end. The files' memory is
+reserved when they are created: a /dev/shm too small for them is an error at
+startup that names the size needed, never a SIGBUS in a worker later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -39,6 +42,18 @@ class BusHandler(Protocol):
     def on_bus_gap(self, sender: int) -> None: ...
 
 
+class BusSpaceError(Exception):
+    """The ring files do not fit where they are to be created; `message` says what is needed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
 @dataclass(frozen=True, slots=True)
 class BusFiles:
     """What the supervisor prepares for `count` workers: ring files and doorbells."""
@@ -51,8 +66,29 @@ class BusFiles:
 
     @classmethod
     def create(cls, directory: str, count: int, ring_bytes: int = RING_BYTES) -> "BusFiles":
-        for index in range(count):
-            _shmring.create(os.path.join(directory, f"worker{index}.ring"), ring_bytes)
+        """Create the ring files with all their memory reserved now (a worker never meets a
+        full /dev/shm later, as a SIGBUS). Raises BusSpaceError naming the size needed."""
+        need = count * _shmring.file_size(ring_bytes)
+        fs = os.statvfs(directory)
+        free = fs.f_bavail * fs.f_frsize
+        created = []
+        try:
+            if free < need:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            for index in range(count):
+                path = os.path.join(directory, f"worker{index}.ring")
+                _shmring.create(path, ring_bytes)
+                created.append(path)
+        except OSError as exc:
+            for path in created:
+                os.unlink(path)
+            if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            raise BusSpaceError(
+                f"the inter-worker bus needs {_mib(need)} of shared memory in {directory} "
+                f"({count} workers x {_mib(ring_bytes)} ring each) but only {_mib(free)} is free: "
+                f"give /dev/shm more room (Docker: --shm-size={(need >> 20) + 32}m) or run fewer "
+                f"workers (option workers)") from None
         doorbells = tuple(os.eventfd(0, os.EFD_NONBLOCK) for _ in range(count))
         return cls(directory, doorbells)
 
@@ -68,6 +104,7 @@ class Bus:
         self.ring = _shmring.Ring(files.ring(index), True)
         self.inbound = {peer: _shmring.Ring(files.ring(peer), False, first_start) for peer in self.peers}
         self.flush_scheduled = False
+        self.early_publish = self.ring.capacity // 4
         self.before_flush = None                 # called first at each flush; may send more
         self.sent_messages = 0
         self.received_messages = 0
@@ -76,6 +113,10 @@ class Bus:
         loop.call_soon(self._on_doorbell)        # whatever was sent before we listened
 
     def close(self) -> None:
+        """Publish what this turn wrote, stop reading and unmap the rings: a later send
+        raises RingClosed."""
+        if self.flush_scheduled:
+            self.flush()
         self.loop.remove_reader(self.doorbells[self.index])
         self.ring.close()
         for ring in self.inbound.values():
@@ -84,6 +125,7 @@ class Bus:
     # -- sending ---------------------------------------------------------------------------
 
     def send(self, peer: int, message: bytes) -> None:
+        """Raises MessageTooLarge (nothing sent) for a message over `max_message`."""
         self.ring.write(message, peer)
         self.sent_messages += 1
         self._schedule()
@@ -93,16 +135,27 @@ class Bus:
         self.sent_messages += 1
         self._schedule()
 
+    @property
+    def max_message(self) -> int:
+        return self.ring.max_message
+
     def _schedule(self) -> None:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
+        elif self.ring.pending > self.early_publish:
+            # A turn that writes more than a ring would lap every reader by itself: let
+            # them read what is there now (order is kept; the turn's barriers still follow).
+            self._publish()
 
     def flush(self) -> None:
         """Publish this turn's messages and ring every peer once."""
         if self.before_flush is not None:
             self.before_flush()
         self.flush_scheduled = False
+        self._publish()
+
+    def _publish(self) -> None:
         self.ring.publish()
         for peer in self.peers:
             os.eventfd_write(self.doorbells[peer], 1)

@@ -15,6 +15,35 @@ if TYPE_CHECKING:
     from uniws.config import Config
 
 
+# The longest channel name the node takes, in bytes of UTF-8: the bus carries a name's
+# length in 16 bits. Centrifugo sets no limit on API channels (06 §2.9) and applies
+# `channel_max_length` to client-side subscribes only, which uni clients never send.
+CHANNEL_MAX_BYTES = 65535
+
+
+def channel_name_error(channel: str) -> str | None:
+    """Why `channel` cannot be a channel name, or None: empty, over CHANNEL_MAX_BYTES, or
+    not encodable as UTF-8 (a lone surrogate, which a JSON escape like "\\ud800" can make).
+    Any other character is allowed (05 §1.1)."""
+    if not channel:
+        return "empty channel"
+    if channel.isascii():                     # O(1) in CPython: the common case costs nothing
+        size = len(channel)
+    else:
+        try:
+            size = len(channel.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "channel is not valid UTF-8"
+    if size > CHANNEL_MAX_BYTES:
+        return f"channel longer than {CHANNEL_MAX_BYTES} bytes"
+    return None
+
+
+def channel_name_ok(channel: str) -> bool:
+    """The hot path's check: a short ASCII name needs no further look."""
+    return (0 < len(channel) <= CHANNEL_MAX_BYTES and channel.isascii()) or channel_name_error(channel) is None
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelOptions:
     """Options of the top level or of one namespace (05 §3). No inheritance between them."""

@@ -3,48 +3,47 @@
 Each channel stream has one authority, its owner worker (a stable hash of the
 name). The owner assigns offsets, keeps history and broadcasts every
 publication of the channel to all workers, so every worker sees a channel's
-publications in the same order. Other workers reach the owner with requests;
-a publish to a channel without history has no position to answer with, so it
-is posted instead (no answer of its own), and one barrier request per owner and
-loop turn tells the publishing worker when the owner has served all of them.
-Presence, `channels` and `info` are answered by surveying every worker (the
-connections are where the truth is), and user-targeted commands (subscribe,
-unsubscribe, disconnect, refresh) are broadcast and applied by every worker.
+publications in the same order. Other workers reach the owner with requests
+(`rpc.py`: ids, answers, timeouts); a publish to a channel without history has
+no position to answer with, so it is posted instead, and the turn's barrier to
+the owner confirms it (or the owner's error fails it). Presence, `channels` and
+`info` are answered by surveying every worker (the connections are where the
+truth is), and user-targeted commands (subscribe, unsubscribe, disconnect,
+refresh) are broadcast and applied by every worker. This module only routes.
 
-Wire format of bus messages (each a bytes object, one kind byte first):
+A publication is atomic: the owner checks that its broadcast fits the bus before
+it assigns an offset, stores it or delivers it anywhere.
+
+Wire format of the bus messages routed here (each a bytes object, one kind byte first;
+requests, posts and answers: see rpc.py):
   P  publication   <QHHIHI> offset, len(channel), len(epoch), len(tags), requester + 1 (0: none),
                    request id + channel + epoch + tags + data; it is also the answer to the
                    requester's publish request, so a forwarded publish costs two messages, not three
-  R  request       <II>   request id, len(json) + json + raw tail; id 0 is a post, never answered
-  A  answer        <IBI>  request id, status (0 ok, else the API error code), len(json) + json + raw tail
   C  command       <I>    len(json) + json + raw tail
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import struct
-import time
 import zlib
 from typing import Any, Callable
 
 import orjson
 
+from ._shmring import MessageTooLarge
 from .engine.base import Publication
 from .engine.memory import MemoryEngine
 from .errors import ApiError
+from .rpc import ANSWER, ANSWERED, FAILED, POST, REQUEST, Rpc, split
 
 log = logging.getLogger("uniws.cluster")
 
 _PUB = struct.Struct("<QHHIHI")
-_REQ = struct.Struct("<II")
-_ANS = struct.Struct("<IBI")
 _CMD = struct.Struct("<I")
 _PUB_ITEM = struct.Struct("<QII")
-REQUEST_TIMEOUT = 5.0
-_BARRIER = orjson.dumps({"op": "barrier"})
+_EPOCH_ROOM = 16                      # bytes kept for the epoch when sizing a broadcast
 
 
 def owner_of(channel: str, count: int) -> int:
@@ -102,13 +101,6 @@ def decode_pubs(blob: bytes) -> list[Publication]:
     return pubs
 
 
-def _split(message: bytes, head: struct.Struct) -> tuple[tuple, Any, bytes]:
-    fields = head.unpack_from(message, 1)
-    start = 1 + head.size
-    end = start + fields[-1]
-    return fields, orjson.loads(message[start:end]), message[end:]
-
-
 def run_now(coro):
     """The result of a coroutine that never suspends (work on this worker's own memory),
     without the cost of a task. One that does suspend is a bug, reported as such."""
@@ -121,7 +113,7 @@ def run_now(coro):
 
 
 class Cluster:
-    """The bus side of one worker: owner routing, requests, surveys and commands."""
+    """The bus side of one worker: owner routing, surveys and commands."""
 
     def __init__(self, node, index: int, count: int, local: MemoryEngine) -> None:
         self.node = node
@@ -129,79 +121,48 @@ class Cluster:
         self.count = count
         self.local = local
         self.bus = None                        # set by attach(); a Bus
-        self._next_id = 0
-        self._waiting: dict[int, asyncio.Future] = {}
-        self._timeouts: collections.deque[tuple[float, int]] = collections.deque()   # FIFO: one timeout
+        self.max_message = 0                   # the longest message the bus carries (attach)
+        self.rpc = Rpc(node.loop, self._serve)
         self.overflows = 0
         self._publishing_for = (-1, 0)        # (worker, request id) of the publish being served
-        self._barriers: dict[int, asyncio.Future] = {}    # worker -> done when this turn's posts are served
 
     def attach(self, bus) -> None:
         self.bus = bus
-        bus.before_flush = self._send_barriers
+        self.max_message = bus.max_message
+        self.rpc.attach(bus)
 
     def owner(self, channel: str) -> int:
         return owner_of(channel, self.count)
 
-    # -- the owner's broadcast -----------------------------------------------------------
+    def expire_requests(self, now: float) -> None:
+        """Fail requests unanswered within the timeout (the node's tick calls this; no timer each)."""
+        self.rpc.expire(now)
+
+    # -- the owner's publish and broadcast ---------------------------------------------------
+
+    def publish_local(self, channel: str, data: bytes, opts, *, skip_history: bool,
+                      tags: dict[str, str] | None) -> tuple[int, str]:
+        """Publish a channel owned here: refused (error 100, nothing done) when its broadcast
+        would not fit the bus, so no worker delivers what another cannot."""
+        size = 1 + _PUB.size + 4 * len(channel) + _EPOCH_ROOM + len(data)    # a bound: no encoding
+        if tags or size > self.max_message:
+            size += len(_tags_bytes(tags)) + len(channel.encode()) - 4 * len(channel)
+            if size > self.max_message:
+                log.warning("publication to %.80r refused: %d bytes are over the bus limit of %d bytes",
+                            channel, size, self.max_message)
+                raise ApiError(100)
+        return self.local.publish(channel, data, opts, skip_history=skip_history, tags=tags)
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
-        """MemoryEngine callback on the owner: deliver here and send to every other worker."""
-        self.node.handle_publication(channel, pub, epoch)
+        """MemoryEngine callback on the owner: send to every other worker and deliver here."""
         requester, request_id = self._publishing_for
         self.bus.broadcast(encode_pub(channel, epoch, pub, requester, request_id))
+        self.node.handle_publication(channel, pub, epoch)
 
-    # -- requests to one worker --------------------------------------------------------------
-
-    def send_request(self, worker: int, op: str, args: dict, tail: bytes = b"") -> asyncio.Future:
-        """Send a request now (so it keeps its place in bus order); the future of (result, tail)."""
-        request_id = self._new_id()
-        future = self.node.loop.create_future()
-        self._waiting[request_id] = future
-        body = orjson.dumps({"op": op, **args})
-        self.bus.send(worker, b"R" + _REQ.pack(request_id, len(body)) + body + tail)
-        self._timeouts.append((time.monotonic() + REQUEST_TIMEOUT, request_id))
-        return future
+    # -- requests to other workers -------------------------------------------------------------
 
     async def request(self, worker: int, op: str, args: dict, tail: bytes = b"") -> tuple[Any, bytes]:
-        return await self.send_request(worker, op, args, tail)
-
-    def post(self, worker: int, op: str, args: dict, tail: bytes = b"") -> asyncio.Future:
-        """Send a request that gets no answer of its own. The returned future is shared by
-        everything posted to `worker` in this loop turn: one barrier request follows them
-        (the bus keeps order), and its answer means the worker has served them all."""
-        body = orjson.dumps({"op": op, **args})
-        self.bus.send(worker, b"R" + _REQ.pack(0, len(body)) + body + tail)
-        barrier = self._barriers.get(worker)
-        if barrier is None:
-            barrier = self._barriers[worker] = self.node.loop.create_future()
-        return barrier
-
-    def _send_barriers(self) -> None:
-        """Bus flush hook: close this turn's posts to each worker with one barrier request."""
-        if not self._barriers:
-            return
-        barriers, self._barriers = self._barriers, {}
-        deadline = time.monotonic() + REQUEST_TIMEOUT
-        for worker, future in barriers.items():
-            request_id = self._new_id()
-            self._waiting[request_id] = future
-            self._timeouts.append((deadline, request_id))
-            self.bus.send(worker, b"R" + _REQ.pack(request_id, len(_BARRIER)) + _BARRIER)
-
-    def _new_id(self) -> int:
-        self._next_id = self._next_id % 0xFFFFFFFF + 1     # 1..2**32-1: 0 marks a post
-        return self._next_id
-
-    def expire_requests(self, now: float) -> None:
-        """Fail requests unanswered for REQUEST_TIMEOUT (the node's tick calls this; no timer each)."""
-        timeouts = self._timeouts
-        while timeouts and timeouts[0][0] <= now:
-            _, request_id = timeouts.popleft()
-            future = self._waiting.pop(request_id, None)
-            if future is not None and not future.done():
-                log.warning("a worker did not answer request %d within %.0f s", request_id, REQUEST_TIMEOUT)
-                future.set_exception(ApiError(100))
+        return await self.rpc.request(worker, op, args, tail)
 
     async def survey(self, op: str, args: dict) -> list[Any]:
         """Ask every other worker; their answers in worker order."""
@@ -209,8 +170,14 @@ class Cluster:
         return [result for result, _tail in answers]
 
     def command(self, op: str, args: dict, tail: bytes = b"") -> None:
+        """Broadcast a command every other worker applies; error 100, nothing sent, when it
+        does not fit the bus."""
         body = orjson.dumps({"op": op, **args})
-        self.bus.broadcast(b"C" + _CMD.pack(len(body)) + body + tail)
+        try:
+            self.bus.broadcast(b"C" + _CMD.pack(len(body)) + body + tail)
+        except MessageTooLarge as exc:
+            log.warning("%s not sent to the other workers: %s", op, exc)
+            raise ApiError(100) from None
 
     # -- bus handler -----------------------------------------------------------------------
 
@@ -224,25 +191,15 @@ class Cluster:
                 if interested:
                     self.node.handle_publication(channel, pub, epoch)
                 if mine:
-                    self._resolve(request_id, 0, [pub.offset, epoch], b"")
-        elif kind == 0x52:                    # R
-            (request_id, _), args, tail = _split(message, _REQ)
-            self._answer(sender, request_id, args, tail)
-        elif kind == 0x41:                    # A
-            (request_id, status, _), result, tail = _split(message, _ANS)
-            self._resolve(request_id, status, result, tail)
+                    self.rpc.resolve(request_id, [pub.offset, epoch])
+        elif kind == REQUEST or kind == POST:
+            self.rpc.on_request(sender, message)
+        elif kind == ANSWER or kind == FAILED:
+            self.rpc.on_answer(message)
         elif kind == 0x43:                    # C
-            _, args, tail = _split(message, _CMD)
+            _, args, tail = split(message, _CMD)
             task = self.node.loop.create_task(self.node.apply_command(args, tail))
             self.node.track(task)
-
-    def _resolve(self, request_id: int, status: int, result: Any, tail: bytes) -> None:
-        future = self._waiting.pop(request_id, None)
-        if future is not None and not future.done():
-            if status:
-                future.set_exception(ApiError(status))
-            else:
-                future.set_result((result, tail))
 
     def on_bus_gap(self, sender: int) -> None:
         """We fell a whole ring behind `sender`: our clients may have missed publications."""
@@ -250,39 +207,22 @@ class Cluster:
         log.error("bus messages from worker %d were lost: reconnecting this worker's clients", sender)
         self.node.reset_clients()
 
-    def _answer(self, sender: int, request_id: int, args: dict, tail: bytes) -> None:
-        """Serve a request at once, in bus order: what a worker serves is its own memory."""
-        if request_id == 0:                   # a post: served, never answered
-            try:
-                run_now(self._serve(args, tail))
-            except Exception:
-                log.exception("posted %s from worker %d failed", args.get("op"), sender)
-            return
-        status, result, out_tail = 0, None, b""
-        try:
-            if args["op"] == "publish":
-                # The publication broadcast carries the answer (see the P message).
-                self._publishing_for = (sender, request_id)
-                try:
-                    run_now(self._serve(args, tail))
-                    return
-                finally:
-                    self._publishing_for = (-1, 0)
-            result, out_tail = run_now(self._serve(args, tail))
-        except ApiError as exc:
-            status = exc.code
-        except Exception:
-            log.exception("request %s from worker %d failed", args.get("op"), sender)
-            status = 100
-        body = orjson.dumps(result)
-        self.bus.send(sender, b"A" + _ANS.pack(request_id, status, len(body)) + body + out_tail)
-
-    async def _serve(self, args: dict, tail: bytes) -> tuple[Any, bytes]:
+    def _serve(self, sender: int, request_id: int, args: dict, tail: bytes) -> Any:
+        """Serve a request (or a post: request id 0) at once, in bus order: what a worker
+        serves is its own memory."""
         op = args["op"]
         handler: Callable | None = getattr(self, "_op_" + op, None)
         if handler is None:
             raise ApiError(104)
-        return await handler(args, tail)
+        if op == "publish" and request_id:
+            # The publication broadcast carries the answer (see the P message).
+            self._publishing_for = (sender, request_id)
+            try:
+                run_now(handler(args, tail))
+            finally:
+                self._publishing_for = (-1, 0)
+            return ANSWERED
+        return run_now(handler(args, tail))
 
     # -- what an owner serves ------------------------------------------------------------------
 
@@ -290,7 +230,7 @@ class Cluster:
         opts = self.node.rules.options(args["channel"])
         if opts is None:
             raise ApiError(102)
-        offset, epoch = self.local.publish(args["channel"], data, opts, skip_history=args["skip_history"],
+        offset, epoch = self.publish_local(args["channel"], data, opts, skip_history=args["skip_history"],
                                            tags=args.get("tags"))
         return [offset, epoch], b""
 
@@ -340,17 +280,18 @@ class ShardedEngine:
 
     def publish(self, channel, data, opts, *, skip_history=False, tags=None):
         """(offset, epoch) for a channel owned here; a Future done when the owner has served a
-        post (its result is not the position); else a coroutine of (offset, epoch). Whatever
-        goes to the owner is sent before this returns, so calls reach it in call order."""
+        post (its result is not the position; it fails with the owner's error); else a
+        coroutine of (offset, epoch). Whatever goes to the owner is sent before this returns,
+        so calls reach it in call order."""
         owner = self._remote(channel)
         if owner is None:
-            return self.local.publish(channel, data, opts, skip_history=skip_history, tags=tags)
+            return self.cluster.publish_local(channel, data, opts, skip_history=skip_history, tags=tags)
         args = {"channel": channel, "skip_history": skip_history, "tags": tags}
         if skip_history or not opts.history_enabled:
             # No position to answer with: post it, and wait only for the turn's barrier, so a
             # batch to history-less channels costs one answer per owner instead of one each.
-            return self.cluster.post(owner, "publish", args, data)
-        return _position(self.cluster.send_request(owner, "publish", args, data))
+            return self.cluster.rpc.post(owner, "publish", args, data)
+        return _position(self.cluster.rpc.request(owner, "publish", args, data))
 
     async def stream_top(self, channel):
         owner = self._remote(channel)

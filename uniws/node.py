@@ -23,7 +23,7 @@ import orjson
 from . import __version__, codec
 from ._fastpath import CLOSED, CONNECTED, CONNECTING, Conn, Fanout, PingWheel, pub_frame
 from .auth import Credentials, TokenError, TokenVerifier
-from .channels import ChannelOptions, ChannelRules
+from .channels import ChannelOptions, ChannelRules, channel_name_ok
 from .cluster import Cluster, ShardedEngine
 from .deadlines import Deadlines
 from .eager import run_eager
@@ -586,6 +586,10 @@ class Node:
     # -- server API (06 §4) ------------------------------------------------------------------
 
     def _options(self, channel: str) -> ChannelOptions:
+        """Options of a channel named in an API call; 107 for a name the node cannot carry (it
+        never reaches the bus), 102 for an unknown namespace."""
+        if not channel_name_ok(channel):
+            raise ApiError(107)
         opts = self.rules.options(channel)
         if opts is None:
             raise ApiError(102)

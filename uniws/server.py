@@ -20,7 +20,7 @@ import uvloop
 
 from . import __version__
 from .api import Api
-from .bus import Bus, BusFiles
+from .bus import Bus, BusFiles, BusSpaceError
 from .http import HttpFront, Routes
 from .node import Node
 from .transport import UniWebSocket
@@ -165,6 +165,9 @@ def serve(cfg, reload: Callable | None = None) -> int:
             return run_worker(cfg, reload=reload)
         from .supervisor import Supervisor
         return Supervisor(cfg, workers, reload).run()
+    except BusSpaceError as exc:
+        log.critical(exc.message)
+        return 1
     finally:
         if pid_file:
             try:

@@ -211,10 +211,11 @@ class Publisher(threading.Thread):
         while not self.stop.is_set():
             n += 1
             try:
-                result = self.server.publish(self.channel, {"n": n})["result"]
-                self.last_offset = result["offset"]
+                reply = self.server.publish(self.channel, {"n": n})
             except (requests.RequestException, AssertionError):
-                pass
+                reply = {}
+            if "result" in reply:          # an error (the owner died meanwhile) is not published
+                self.last_offset = reply["result"]["offset"]
             time.sleep(self.period)
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from uniws.channels import ChannelOptions, ChannelRules
+from uniws.channels import (CHANNEL_MAX_BYTES, ChannelOptions, ChannelRules, channel_name_error,
+                            channel_name_ok)
 from uniws.config import ConfigValidationError, load_config
 
 PUBLIC = ChannelOptions(presence=True)
@@ -165,3 +168,40 @@ def test_invalid_channel_configuration(flags: dict[str, object], message: str) -
     with pytest.raises(ConfigValidationError) as info:
         load_config(None, {}, flags)
     assert info.value.message == f"error validating config: {message}"
+
+
+# -- channel names the node takes (checked before anything reaches the bus) -------------------
+
+@pytest.mark.parametrize("channel", ["a", "news", "$public:chat:1", "#42", "chat#1,2,3", "x" * 300,
+                                     "x" * CHANNEL_MAX_BYTES, "é" * (CHANNEL_MAX_BYTES // 2), "ch\x00an",
+                                     "频道", "\U0001f600", " spaced "])
+def test_channel_names_accepted(channel):
+    assert channel_name_error(channel) is None and channel_name_ok(channel)
+
+
+@pytest.mark.parametrize(("channel", "why"), [
+    ("", "empty channel"),
+    ("x" * (CHANNEL_MAX_BYTES + 1), "channel longer than 65535 bytes"),
+    ("x" * 70_000, "channel longer than 65535 bytes"),
+    ("é" * (CHANNEL_MAX_BYTES // 2 + 1), "channel longer than 65535 bytes"),       # counted in bytes
+    ("a\ud800b", "channel is not valid UTF-8"),
+    ("\udfff", "channel is not valid UTF-8"),
+])
+def test_channel_names_refused(channel, why):
+    assert channel_name_error(channel) == why and not channel_name_ok(channel)
+
+
+@given(st.text(max_size=300))
+def test_channel_name_check_matches_what_the_bus_can_carry(channel):
+    try:
+        encoded = channel.encode("utf-8")
+    except UnicodeEncodeError:
+        encoded = None
+    carried = encoded is not None and 0 < len(encoded) <= CHANNEL_MAX_BYTES
+    assert (channel_name_error(channel) is None) == carried == channel_name_ok(channel)
+
+
+@given(st.integers(CHANNEL_MAX_BYTES - 8, CHANNEL_MAX_BYTES + 8), st.sampled_from(["a", "é", "频", "\U0001f600"]))
+def test_channel_name_limit_is_in_utf8_bytes(size, char):
+    channel = char * (size // len(char.encode()))
+    assert channel_name_ok(channel) == (len(channel.encode()) <= CHANNEL_MAX_BYTES)

@@ -26,7 +26,8 @@ class Publication:
 
 async def position_of(outcome: Awaitable[Any]) -> tuple[int, str]:
     """(offset, epoch) of a publish that did not finish at once: a Future means it was posted
-    to the channel's owner (done when served; no position), else an awaitable of the position."""
+    to the channel's owner (done when the owner has served it, with no position; it raises
+    the owner's ApiError when the owner refused it), else an awaitable of the position."""
     if isinstance(outcome, asyncio.Future):
         await outcome
         return 0, ""
