@@ -135,11 +135,13 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def proc_rss_kb(pid: int) -> int:
+def proc_rss_kb(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of /proc/<pid>/status in KiB: VmRSS (all resident pages) or, e.g.,
+    RssAnon (the process's private heap, without shared-memory rings and mapped files)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -277,8 +279,8 @@ class Server:
     def pids(self) -> list[int]:
         return tree(self.pid) if self.proc else []
 
-    def rss_kb(self) -> int:
-        return sum(proc_rss_kb(p) for p in self.pids())
+    def rss_kb(self, field: str = "VmRSS") -> int:
+        return sum(proc_rss_kb(p, field) for p in self.pids())
 
     def cpu_s(self) -> float:
         return sum(proc_cpu_s(p) for p in self.pids())
