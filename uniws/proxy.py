@@ -257,7 +257,9 @@ class ProxyClient:
     def _open(self):
         import aiohttp             # only workers with a proxy configured pay for the import
         connector = aiohttp.TCPConnector(limit=self.pool_limit, limit_per_host=0, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        # No cookie jar: a cookie one backend reply sets must never ride along with another
+        # client's call (each call carries only its own client's listed headers).
+        self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
     async def post(self, kind: str, endpoint: str, body: bytes, headers: Headers, timeout: float) -> bytes:

@@ -2,7 +2,7 @@
 
 It prints `PORT <n>` once listening on 127.0.0.1. Every request to a path other than
 /_control/* is recorded and answered with the next scripted reply for that path (the
-last one repeats): `{"status": 200, "body": "<text>", "delay": <seconds>}`.
+last one repeats): `{"status": 200, "body": "<text>", "delay": <seconds>, "headers": {...}}`.
 Control: POST /_control/script {"path": "/connect", "replies": [...]} (replaces the
 path's script and forgets its records); GET /_control/requests?path=/connect returns
 the recorded requests as [{"headers": {...}, "body": "<text>"}].
@@ -40,7 +40,7 @@ def make_app() -> web.Application:
         if reply.get("delay"):
             await asyncio.sleep(reply["delay"])
         return web.Response(status=reply.get("status", 200), text=reply.get("body", "{}"),
-                            content_type="application/json")
+                            content_type="application/json", headers=reply.get("headers"))
 
     app = web.Application()
     app.router.add_post("/_control/script", script)

@@ -109,16 +109,23 @@ def test_connect_allowed_with_channels_and_subs(start_server, backend):
 
 
 def test_headers_are_passed_only_when_listed(start_server, backend):
-    backend.script("/connect", {"body": {"result": {"user": "1"}}})
-    server = start_server(proxied(backend, proxy_http_headers=["x-real-ip", "User-Agent"]))
+    # The backend sets a cookie in its reply: it must not ride along with later calls.
+    backend.script("/connect", {"body": {"result": {"user": "1"}}, "headers": {"Set-Cookie": "leak=1; Path=/"}})
+    server = start_server(proxied(backend, proxy_http_headers=["x-real-ip", "User-Agent"],
+                                  proxy_connect_endpoint=backend.url("/connect").replace("127.0.0.1", "localhost")))
     headers = {"Cookie": "sid=secret", "X-Real-IP": "10.1.2.3", "Authorization": "Bearer t"}
-    client = UniClient(server.ws_url, {}, additional_headers=headers, user_agent_header="agent/1")
-    assert client.recv_json(timeout=10)["type"] == 6
-    [call] = backend.requests("/connect")
-    sent = {name.lower(): value for name, value in call["headers"].items()}
-    assert sent["x-real-ip"] == "10.1.2.3" and sent["user-agent"] == "agent/1"
-    assert "cookie" not in sent and "authorization" not in sent
-    client.close()
+    clients = []
+    for _ in range(2):
+        clients.append(UniClient(server.ws_url, {}, additional_headers=headers, user_agent_header="agent/1"))
+        assert clients[-1].recv_json(timeout=10)["type"] == 6
+    calls = backend.requests("/connect")
+    assert len(calls) == 2
+    for call in calls:
+        sent = {name.lower(): value for name, value in call["headers"].items()}
+        assert sent["x-real-ip"] == "10.1.2.3" and sent["user-agent"] == "agent/1"
+        assert "cookie" not in sent and "authorization" not in sent
+    for client in clients:
+        client.close()
 
 
 def test_connect_refused_with_error(start_server, backend):
