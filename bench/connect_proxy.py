@@ -17,7 +17,6 @@ import json
 import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from . import gen, report, servers
@@ -31,9 +30,8 @@ def _proxy_conns(clients: int) -> Path:
     gen.BUILD.mkdir(exist_ok=True)
     path = gen.BUILD / f"conns-proxy-{clients}.txt"
     with open(path, "w") as f:
-        for i in range(clients):
-            f.write("bench\t" + json.dumps({"data": {"user": f"u{i}"}, "subs": {"bench": {}}},
-                                           separators=(",", ":")) + "\n")
+        f.writelines("bench\t" + json.dumps({"data": {"user": f"u{i}"}, "subs": {"bench": {}}},
+                                            separators=(",", ":")) + "\n" for i in range(clients))
     return path
 
 

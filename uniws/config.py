@@ -78,8 +78,11 @@ UNSUPPORTED_PROXY = MappingProxyType(
         "proxies": "granular proxy mode is not supported, use proxy_connect_endpoint and proxy_refresh_endpoint",
         "connect_proxy_name": "granular proxy mode is not supported, use proxy_connect_endpoint",
         "refresh_proxy_name": "granular proxy mode is not supported, use proxy_refresh_endpoint",
+        "rpc_proxy_name": "RPC proxy is for bidirectional clients, which uniws does not serve",
     }
 )
+# Channel options (top level and per namespace) for proxies of bidirectional clients.
+UNSUPPORTED_CHANNEL_PROXY = ("proxy_subscribe", "proxy_publish", "subscribe_proxy_name", "publish_proxy_name")
 
 
 class ConfigError(Exception):
@@ -856,11 +859,18 @@ def _check_engine(values: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown broker: {broker}")
 
 
-def _check_proxy(values: Mapping[str, Any]) -> None:
+def _check_proxy(values: Mapping[str, Any], namespaces: Mapping[str, ChannelOptions]) -> None:
     """Connect and refresh proxies over HTTP(S) only; every other proxy option refuses to start."""
     for name, why in UNSUPPORTED_PROXY.items():
         if values[name] != OPTIONS[name].default:
             raise ConfigError(f'option "{name}" is not supported: {why}')
+    scopes = [("", values.get)]
+    scopes += [(f' in namespace "{ns}"', lambda name, o=opts: getattr(o, name)) for ns, opts in namespaces.items()]
+    for where, option in scopes:
+        for name in UNSUPPORTED_CHANNEL_PROXY:
+            if option(name):
+                raise ConfigError(f'option "{name}"{where} is not supported: subscribe and publish proxies are '
+                                  f"for bidirectional clients, which uniws does not serve")
     for kind in ("connect", "refresh"):
         endpoint = values[f"proxy_{kind}_endpoint"]
         if not endpoint:
@@ -945,7 +955,7 @@ def load_config(
     _validate_rpc_namespaces(values["rpc_namespaces"])
     _validate_personal(values, top, namespaces)
     _check_engine(values)
-    _check_proxy(values)
+    _check_proxy(values, namespaces)
     _check_workers(values)
 
     warnings.extend(_unsupported_warnings(values))

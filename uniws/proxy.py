@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -255,7 +256,7 @@ class ProxyClient:
         self.calls = {"connect": 0, "refresh": 0}
 
     def _open(self):
-        import aiohttp             # only workers with a proxy configured pay for the import
+        import aiohttp  # only workers with a proxy configured pay for the import
         connector = aiohttp.TCPConnector(limit=self.pool_limit, limit_per_host=0, keepalive_timeout=30)
         # No cookie jar: a cookie one backend reply sets must never ride along with another
         # client's call (each call carries only its own client's listed headers).
@@ -314,7 +315,7 @@ class Proxy:
         self.client = ProxyClient()
 
     @classmethod
-    def from_config(cls, cfg) -> "Proxy | None":
+    def from_config(cls, cfg) -> Proxy | None:
         return cls(cfg) if cfg.proxy_connect_endpoint or cfg.proxy_refresh_endpoint else None
 
     async def connect(self, client: str, request: ConnectRequest, headers: Headers) -> Credentials | None:

@@ -14,8 +14,15 @@ from uniws.auth import Credentials, TokenSub
 from uniws.config import ConfigError, load_config
 from uniws.errors import EXPIRED, INTERNAL, Disconnect
 from uniws.protocol import parse_connect_request
-from uniws.proxy import (HeaderCapture, ProxyFailure, Refresh, connect_body, decode_connect_reply,
-                         decode_refresh_reply, refresh_body)
+from uniws.proxy import (
+    HeaderCapture,
+    ProxyFailure,
+    Refresh,
+    connect_body,
+    decode_connect_reply,
+    decode_refresh_reply,
+    refresh_body,
+)
 
 CLIENT = "9336a229-2400-4ebc-8c50-0a643d22e8a0"
 NOW = 1_700_000_000
@@ -236,6 +243,10 @@ def test_connect_and_refresh_options_are_supported(tmp_path):
     ({"proxies": [{"name": "connect", "endpoint": "http://b"}]}, 'option "proxies" is not supported'),
     ({"connect_proxy_name": "connect"}, 'option "connect_proxy_name" is not supported'),
     ({"proxy_grpc_metadata": ["x"]}, 'option "proxy_grpc_metadata" is not supported'),
+    ({"proxy_subscribe": True}, 'option "proxy_subscribe" is not supported'),
+    ({"namespaces": [{"name": "chat", "proxy_publish": True}]},
+     'option "proxy_publish" in namespace "chat" is not supported'),
+    ({"rpc_proxy_name": "rpc"}, 'option "rpc_proxy_name" is not supported'),
     ({"proxy_connect_endpoint": "grpc://b:1"}, 'option "proxy_connect_endpoint" must start with http://'),
     ({"proxy_refresh_endpoint": "b/refresh"}, 'option "proxy_refresh_endpoint" must start with http://'),
     ({"proxy_connect_endpoint": "http://b", "proxy_connect_timeout": "0s"},
