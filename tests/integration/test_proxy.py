@@ -188,6 +188,30 @@ def test_slow_backend_is_cut_at_the_timeout(start_server, backend):
     other.close()
 
 
+def test_every_worker_asks_the_backend(start_server, backend):
+    backend.script("/connect", {"body": {"result": {"user": "7", "channels": ["news"]}}})
+    server = start_server(proxied(backend, workers=2))
+    clients = [UniClient(server.ws_url, {}) for _ in range(8)]
+    for client in clients:
+        assert client.recv_json(timeout=10)["type"] == 6
+    wait_for(lambda: node_info(server)["num_clients"] == 8, what="8 clients counted")
+    assert node_info(server)["metrics"]["items"]["uniws.proxy.connect_calls"] == 8
+    server.publish("news", "all")
+    for client in clients:
+        assert client.recv_json(timeout=10) == {"channel": "news", "data": {"data": "all"}}
+        client.close()
+
+
+def test_no_result_is_anonymous_when_allowed(start_server, backend):
+    backend.script("/connect", {"body": {}})
+    server = start_server(proxied(backend, client_anonymous=True))
+    client = UniClient(server.ws_url, {"subs": {"news": {}}})
+    push = client.recv_json(timeout=10)
+    assert push["type"] == 6 and "subs" not in push["data"]      # requested subs are not taken
+    assert node_info(server)["num_clients"] == 1
+    client.close()
+
+
 def test_token_connect_does_not_ask_the_proxy(start_server, backend):
     server = start_server(proxied(backend))
     client, push = connect(server, "42", subs={"news": {}})
