@@ -195,13 +195,16 @@ def decode_connect_reply(raw: bytes) -> Disconnect | Credentials | None:
     data = _raw_or_b64(result, "data", "result")
     if data is not None and not _is_json(data):
         raise ProxyFailure("result.b64data is not JSON")
-    meta = result.get("meta")
+    try:
+        meta = raw_json_or_base64(result.get("meta"), None, "result.meta")   # compact, exact big integers
+    except TokenError as exc:
+        raise ProxyFailure(str(exc)) from None
     return Credentials(
         user=_str(result.get("user"), "result.user"),
         expire_at=max(0, _int(result.get("expire_at"), "result.expire_at")),
         info=_raw_or_b64(result, "info", "result"),
         subs=subs,
-        meta=None if meta is None else orjson.dumps(meta),
+        meta=meta,
         claims="",
         data=data,
         client_subs=False,

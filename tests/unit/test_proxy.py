@@ -72,6 +72,15 @@ def test_connect_result():
                                 b'{"session":"abc"}', "", data=b'{"hello":1}', client_subs=False)
 
 
+def test_values_beyond_64_bits_and_deep_nesting():
+    big = b'123456789012345678901234567'
+    creds = decode_connect_reply(b'{"result":{"meta":{"a":%s},"info":%s,"data":[%s]}}' % (big, big, big))
+    assert creds.meta == b'{"a":%s}' % big and creds.info == big and creds.data == b"[%s]" % big
+    for field in (b"meta", b"info", b"data"):
+        with pytest.raises(ProxyFailure):
+            decode_connect_reply(b'{"result":{"%s":%s1%s}}' % (field, b"[" * 100_000, b"]" * 100_000))
+
+
 def test_connect_base64_fields_win():
     creds = decode({"result": {"info": {"x": 1}, "b64info": base64.b64encode(b"raw").decode(),
                                "b64data": base64.b64encode(b'{"d":2}').decode()}})
