@@ -255,6 +255,8 @@ class ProxyClient:
     def __init__(self, pool_limit: int = POOL_LIMIT) -> None:
         self.pool_limit = pool_limit
         self._session = None
+        self._urls: dict = {}                        # endpoint -> parsed yarl.URL (parsed once)
+        self._no_timeout = None                      # aiohttp's own timer off: asyncio.timeout bounds the call
         self.errors = {"connect": 0, "refresh": 0}
         self.calls = {"connect": 0, "refresh": 0}
 
@@ -264,19 +266,25 @@ class ProxyClient:
         # No cookie jar: a cookie one backend reply sets must never ride along with another
         # client's call (each call carries only its own client's listed headers).
         self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        self._no_timeout = aiohttp.ClientTimeout(total=None)
         return self._session
 
     async def post(self, kind: str, endpoint: str, body: bytes, headers: Headers, timeout: float) -> bytes:
         """The reply body of a 200; ProxyFailure otherwise. Never longer than `timeout` seconds."""
         import aiohttp
+        import yarl  # aiohttp's URL type
         self.calls[kind] += 1
         session = self._session or self._open()
+        url = self._urls.get(endpoint)
+        if url is None:
+            url = self._urls[endpoint] = yarl.URL(endpoint)
         send = dict(headers)
         send["Content-Type"] = "application/json"   # always, over any copied value (08 §1.1)
         try:
+            # One deadline for the whole call: pool wait, connect, send, reply head and body.
             async with asyncio.timeout(timeout):
-                async with session.post(endpoint, data=body, headers=send, allow_redirects=False,
-                                        timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                async with session.post(url, data=body, headers=send, allow_redirects=False,
+                                        timeout=self._no_timeout) as response:
                     if response.status != 200:
                         raise ProxyFailure(f"status {response.status}")
                     if (response.content_length or 0) > MAX_REPLY_BYTES:
