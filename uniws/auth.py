@@ -31,6 +31,9 @@ __all__ = [
     "Credentials",
     "TokenVerifier",
     "generate_hs256_token",
+    "parse_json",
+    "raw_json_or_base64",
+    "subs_from_json",
 ]
 
 # Token error kinds (mapped by the connect handler to 3500 / 3005 / 3004).
@@ -110,12 +113,16 @@ class TokenSub:
 
 @dataclass(slots=True)
 class Credentials:
+    """Who a connection is: from a connection token or from the connect proxy's `result`."""
+
     user: str
     expire_at: int
     info: bytes | None
     subs: dict[str, TokenSub]
     meta: bytes | None
     claims: str
+    data: bytes | None = None     # connect push `data` (connect proxy only)
+    client_subs: bool = True      # client-requested `subs` may add channels (token: yes, 04 §5; proxy: no, 08 §2.3)
 
 
 # ---------------------------------------------------------------------------
@@ -574,6 +581,26 @@ def _check_subs_data_is_json(subs: dict[str, TokenSub]) -> None:
     for channel, sub in subs.items():
         if sub.data is not None and not _is_valid_json(sub.data):
             raise TokenError(INTERNAL, f"subs.{channel}.b64data: data is not valid JSON")
+
+
+# ---------------------------------------------------------------------------
+# The same rules for the connect proxy's `result` (spec 08 §2.3)
+
+parse_json = _parse_json
+
+
+def raw_json_or_base64(value: Any, b64: Any, path: str) -> bytes | None:
+    """An (info, b64info) or (data, b64data) pair: non-empty base64 wins; TokenError when malformed."""
+    if b64 is not None and type(b64) is not str:
+        raise _type_error(path, "string", b64)
+    return _raw_or_b64(value, b64 or "", path, _internal_error)
+
+
+def subs_from_json(value: Any) -> dict[str, TokenSub]:
+    """A `subs` map with the token's schema (04 §3); TokenError when malformed."""
+    subs = {channel: _token_sub(channel, claim) for channel, claim in _subs(value).items()}
+    _check_subs_data_is_json(subs)
+    return subs
 
 
 # ---------------------------------------------------------------------------

@@ -57,8 +57,32 @@ SUPPORTED = frozenset(
         "user_subscribe_to_personal", "user_personal_channel_namespace",
         "user_personal_single_connection",
         "history_meta_ttl", "workers", "gomaxprocs", "usage_stats_disable",
+        "proxy_connect_endpoint", "proxy_connect_timeout", "proxy_refresh_endpoint", "proxy_refresh_timeout",
+        "proxy_http_headers", "proxy_binary_encoding", "proxy_include_connection_meta",
     }
 )  # fmt: skip
+
+# Proxy options uniws refuses to start with (08 §4): its clients never subscribe, publish or
+# call RPC, and the gRPC and granular forms are not implemented. Ignoring them would be silent.
+UNSUPPORTED_PROXY = MappingProxyType(
+    {
+        "proxy_rpc_endpoint": "RPC proxy is for bidirectional clients, which uniws does not serve",
+        "proxy_subscribe_endpoint": "subscribe proxy is for bidirectional clients, which uniws does not serve",
+        "proxy_publish_endpoint": "publish proxy is for bidirectional clients, which uniws does not serve",
+        "proxy_grpc_metadata": "gRPC proxies are not supported",
+        "proxy_grpc_cert_file": "gRPC proxies are not supported",
+        "proxy_grpc_credentials_key": "gRPC proxies are not supported",
+        "proxy_grpc_credentials_value": "gRPC proxies are not supported",
+        "granular_proxy_mode": "granular proxy mode is not supported, use proxy_connect_endpoint and "
+                               "proxy_refresh_endpoint",
+        "proxies": "granular proxy mode is not supported, use proxy_connect_endpoint and proxy_refresh_endpoint",
+        "connect_proxy_name": "granular proxy mode is not supported, use proxy_connect_endpoint",
+        "refresh_proxy_name": "granular proxy mode is not supported, use proxy_refresh_endpoint",
+        "rpc_proxy_name": "RPC proxy is for bidirectional clients, which uniws does not serve",
+    }
+)
+# Channel options (top level and per namespace) for proxies of bidirectional clients.
+UNSUPPORTED_CHANNEL_PROXY = ("proxy_subscribe", "proxy_publish", "subscribe_proxy_name", "publish_proxy_name")
 
 
 class ConfigError(Exception):
@@ -835,6 +859,29 @@ def _check_engine(values: Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown broker: {broker}")
 
 
+def _check_proxy(values: Mapping[str, Any], namespaces: Mapping[str, ChannelOptions]) -> None:
+    """Connect and refresh proxies over HTTP(S) only; every other proxy option refuses to start."""
+    for name, why in UNSUPPORTED_PROXY.items():
+        if values[name] != OPTIONS[name].default:
+            raise ConfigError(f'option "{name}" is not supported: {why}')
+    scopes = [("", values.get)]
+    scopes += [(f' in namespace "{ns}"', lambda name, o=opts: getattr(o, name)) for ns, opts in namespaces.items()]
+    for where, option in scopes:
+        for name in UNSUPPORTED_CHANNEL_PROXY:
+            if option(name):
+                raise ConfigError(f'option "{name}"{where} is not supported: subscribe and publish proxies are '
+                                  f"for bidirectional clients, which uniws does not serve")
+    for kind in ("connect", "refresh"):
+        endpoint = values[f"proxy_{kind}_endpoint"]
+        if not endpoint:
+            continue
+        if not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f'option "proxy_{kind}_endpoint" must start with http:// or https:// '
+                              f"(gRPC proxies are not supported), got {endpoint!r}")
+        if values[f"proxy_{kind}_timeout"] <= 0:
+            raise ConfigError(f'option "proxy_{kind}_timeout" must be positive when proxy_{kind}_endpoint is set')
+
+
 def _check_workers(values: Mapping[str, Any]) -> None:
     if values["workers"] < 0:
         raise ConfigError(f'option "workers" must not be negative, got {values["workers"]}')
@@ -908,6 +955,7 @@ def load_config(
     _validate_rpc_namespaces(values["rpc_namespaces"])
     _validate_personal(values, top, namespaces)
     _check_engine(values)
+    _check_proxy(values, namespaces)
     _check_workers(values)
 
     warnings.extend(_unsupported_warnings(values))

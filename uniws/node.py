@@ -34,6 +34,7 @@ from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_CLOSED, CONNECTION_L
                      ApiError, Disconnect)
 from .globmatch import compile_glob
 from .protocol import ConnectRequest, ConnectRequestError, SubHint, parse_connect_request
+from .proxy import ConnContext, Headers, Proxy
 from .transport import BOUNDARY
 
 log = logging.getLogger("uniws.node")
@@ -77,6 +78,11 @@ class Node:
         self.index = index
         self.rules = ChannelRules.from_config(cfg)
         self.verifier = TokenVerifier.from_config(cfg)
+        self.proxy = Proxy.from_config(cfg)
+        # Per connection that may call a proxy later: captured headers (until connected), then
+        # headers and meta of connections the refresh proxy will be asked about. Others: no entry.
+        self._proxy_ctx: dict[str, ConnContext] = {}
+        self._refreshing: set[str] = set()       # refresh proxy calls in flight, by client id
         self.cluster: Cluster | None = None
         if count > 1:
             # Streams are sharded over the workers; the bus is attached by the server.
@@ -165,11 +171,43 @@ class Node:
     def _check_expiry(self, conn: Conn, now: float) -> None:
         if conn.expire_at <= 0:
             return
+        if self.proxy is not None and self.proxy.refresh_endpoint:
+            self._check_refresh(conn, now)
+            return
         due = conn.expire_at + self.cfg.client_expired_close_delay
         if now >= due:
             self.disconnect_conn(conn, EXPIRED)
         else:
             self._expiry.add(due, conn.client_id)
+
+    def _check_refresh(self, conn: Conn, now: float) -> None:
+        """Server-side refresh (04 §6.3): ask the refresh proxy at the expiration moment."""
+        if conn.client_id in self._refreshing:
+            return                                  # its outcome schedules the next check
+        if now < conn.expire_at:
+            self._expiry.add(conn.expire_at, conn.client_id)
+            return
+        self._refreshing.add(conn.client_id)
+        self.track(self.loop.create_task(self._refresh_via_proxy(conn)))
+
+    async def _refresh_via_proxy(self, conn: Conn) -> None:
+        client_id = conn.client_id
+        try:
+            outcome = await self.proxy.refresh(client_id, conn.user or "", self._proxy_ctx.get(client_id),
+                                               time.time)
+        finally:
+            self._refreshing.discard(client_id)
+        if conn.close_reason is not None or conn.state != CONNECTED:
+            return
+        if outcome.disconnect is not None:
+            log.info("refresh proxy ended client %s: %d %s", client_id, outcome.disconnect.code,
+                     outcome.disconnect.reason)
+            self.disconnect_conn(conn, outcome.disconnect)
+            return
+        conn.expire_at = outcome.expire_at
+        if outcome.info is not None:
+            conn.info = outcome.info
+        self._expiry.add(outcome.expire_at, client_id)
 
     def _check_sub_expiry(self, conn: Conn, now: float) -> None:
         delay = self.cfg.client_expired_sub_close_delay
@@ -180,7 +218,9 @@ class Node:
 
     # -- connection events from Conn (picows) ------------------------------------------------
 
-    def new_conn(self, v2: bool, connect_request: ConnectRequest | None) -> Conn:
+    def new_conn(self, v2: bool, connect_request: ConnectRequest | None, headers: Headers = ()) -> Conn:
+        """A connection being upgraded; `headers`: its request's proxy_http_headers (picows calls
+        conn_open within the same upgrade, and conn_lost drops the entry)."""
         conn = Conn()
         conn.node = self
         conn.v2 = v2
@@ -188,6 +228,8 @@ class Node:
         conn.connect_request = connect_request
         conn.client_id = str(uuid.uuid4())
         conn.channels = {}
+        if headers:
+            self._proxy_ctx[conn.client_id] = ConnContext(headers, None)
         return conn
 
     def conn_open(self, conn: Conn) -> None:
@@ -199,7 +241,6 @@ class Node:
             self.wheel.add(conn)
         if conn.connect_request is not None:
             self._start_connect(conn, conn.connect_request)
-            conn.connect_request = None
         else:
             self._stale.add(time.time() + self.cfg.client_stale_close_delay, conn.client_id)
 
@@ -275,6 +316,7 @@ class Node:
     def _forget(self, conn: Conn) -> None:
         """Drop every reference to a closed connection (idempotent)."""
         self.conns.pop(conn.client_id, None)
+        self._proxy_ctx.pop(conn.client_id, None)
         self._unsubscribe_all(conn)
         if conn.user is not None:
             remove_member(self.users, conn.user, conn)
@@ -282,11 +324,22 @@ class Node:
     # -- connect (spec 05 §5) ----------------------------------------------------------------
 
     def _start_connect(self, conn: Conn, request: ConnectRequest) -> None:
-        # Run now: a connect rarely waits (only for a channel position owned by another
+        # While it runs the request stays on the connection: Conn then drops any further message
+        # (01 §4.1), so a client cannot start a second connect while the first waits.
+        conn.connect_request = request
+        if self._asks_connect_proxy(request):
+            # The backend call waits for the network, and aiohttp's timeouts need a task.
+            self.track(self.loop.create_task(self._connect(conn, request)))
+            return
+        # Run now: a JWT connect rarely waits (only for a channel position owned by another
         # worker), and a task per connect costs as much as the JWT check.
         waiting = run_eager(self._connect(conn, request))
         if waiting is not None:
             self.track(waiting)
+
+    def _asks_connect_proxy(self, request: ConnectRequest) -> bool:
+        """A connect without a token goes to the connect proxy when there is one (08 §2.1)."""
+        return not request.token and self.proxy is not None and bool(self.proxy.connect_endpoint)
 
     async def _connect(self, conn: Conn, request: ConnectRequest) -> None:
         try:
@@ -297,6 +350,29 @@ class Node:
         except Exception:
             log.exception("connect of client %s failed", conn.client_id)
             self.disconnect_conn(conn, INTERNAL)
+        finally:
+            conn.connect_request = None
+
+    async def _proxy_credentials(self, conn: Conn, request: ConnectRequest) -> Credentials | None:
+        context = self._proxy_ctx.get(conn.client_id)
+        creds = await self.proxy.connect(conn.client_id, request, context.headers if context else ())
+        if creds is not None:
+            self._check_namespaces(creds)
+        return creds
+
+    def _keep_proxy_context(self, conn: Conn, creds: Credentials | None) -> None:
+        """After connect, keep headers and meta only for connections the refresh proxy will be asked
+        about: an idle connection should not carry its request's cookies for nothing."""
+        context = self._proxy_ctx.pop(conn.client_id, None)
+        if conn.expire_at and self.proxy is not None and self.proxy.refresh_endpoint:
+            meta = creds.meta if creds is not None and self.proxy.include_meta else None
+            if context is not None or meta is not None:
+                self._proxy_ctx[conn.client_id] = ConnContext(context.headers if context else (), meta)
+
+    def _check_namespaces(self, creds: Credentials) -> None:
+        for channel in creds.subs:
+            if channel and self.rules.options(channel) is None:
+                raise INTERNAL           # error 102 during connect becomes 3004 (03 §4)
 
     def _credentials(self, request: ConnectRequest, now: float) -> Credentials | None:
         if not request.token:
@@ -308,9 +384,7 @@ class Node:
             if exc.kind == "expired":
                 raise EXPIRED from None
             raise (INVALID_TOKEN if exc.kind == "invalid" else INTERNAL) from None
-        for channel in creds.subs:
-            if channel and self.rules.options(channel) is None:
-                raise INTERNAL           # error 102 during connect becomes 3004 (03 §4)
+        self._check_namespaces(creds)
         return creds
 
     def _connect_subscriptions(self, creds: Credentials | None, user: str,
@@ -333,7 +407,7 @@ class Node:
             if opts is None:
                 raise INTERNAL
             subs[channel] = Subscription(presence=opts.presence, join_leave=opts.join_leave, recover=opts.recover)
-        if creds is not None:            # client-requested channels only with a token (04 §5)
+        if creds is not None and creds.client_subs:   # client-requested channels only with a token (04 §5)
             for channel in request.subs:
                 opts = rules.options(channel)
                 if opts is None:
@@ -349,9 +423,16 @@ class Node:
         return subs
 
     async def _do_connect(self, conn: Conn, request: ConnectRequest) -> None:
-        now = time.time()
         cfg = self.cfg
-        creds = self._credentials(request, now)
+        if self._asks_connect_proxy(request):
+            if conn.close_reason is not None or conn.state == CLOSED:
+                return                                # gone before the backend was asked
+            creds = await self._proxy_credentials(conn, request)
+            if conn.close_reason is not None or conn.state == CLOSED:
+                return                                # the client went away meanwhile
+        else:
+            creds = self._credentials(request, time.time())
+        now = time.time()
         user = creds.user if creds is not None else ""
         subs = self._connect_subscriptions(creds, user, request)
         if len(subs) > cfg.client_channel_limit:
@@ -385,18 +466,25 @@ class Node:
         conn.session = str(uuid.uuid4())
         conn.state = CONNECTED
         add_member(self.users, user, conn)
-        ttl = max(0, expire_at - int(now)) if expire_at else 0
+        # With a refresh proxy the server refreshes: the client is told no expiry (04 §6.3).
+        refreshed = self.proxy is not None and bool(self.proxy.refresh_endpoint)
+        client_expires = bool(expire_at) and not refreshed
+        ttl = max(0, expire_at - int(now)) if client_expires else 0
         push = codec.connect_push(conn.v2, client=conn.client_id, version=self.version, subs=results,
-                                  expires=bool(expire_at), ttl=ttl, session=conn.session,
-                                  ping=25 if conn.v2 else 0)
+                                  expires=client_expires, ttl=ttl, session=conn.session,
+                                  ping=25 if conn.v2 else 0, data=creds.data if creds is not None else None)
         self.fanout.enqueue(conn, codec.frame_text(push))
         for channel, sub in subs.items():
             self._add_to_hub(conn, channel, sub)
         for channel in positioned:
             if not self._catch_up(conn, channel, subs[channel], buffered[channel]):
                 return
+        if self.proxy is not None:
+            self._keep_proxy_context(conn, creds)
         if expire_at:
-            self._expiry.add(expire_at + cfg.client_expired_close_delay, conn.client_id)
+            # The refresh proxy is asked at the expiration moment; without it the connection gets
+            # client_expired_close_delay more (04 §6.2, 6.3).
+            self._expiry.add(expire_at if refreshed else expire_at + cfg.client_expired_close_delay, conn.client_id)
         for channel, sub in subs.items():
             if sub.join_leave:
                 self._broadcast_join_leave(codec.JOIN, channel, conn, sub)
@@ -815,6 +903,8 @@ class Node:
                  "uniws.node.presence_channels": float(presence_channels),
                  "uniws.ws.listener_exceptions": float(BOUNDARY.listener_exceptions),
                  "uniws.ws.client_protocol_errors": float(BOUNDARY.client_protocol_errors)}
+        if self.proxy is not None:
+            items.update(self.proxy.stats())
         if self.cluster is not None:
             items.update({f"uniws.bus.{k}": float(v) for k, v in self.cluster.bus.stats().items()})
             items["uniws.bus.overflows"] = float(self.cluster.overflows)
@@ -853,6 +943,8 @@ class Node:
         deadline = time.monotonic() + timeout
         while self.conns and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        if self.proxy is not None:
+            await self.proxy.client.close()
         return not self.conns
 
 

@@ -135,6 +135,8 @@ class UniWebSocket:
         self.max_frame_size = limit if limit >= 0 else 1 << 62
         # A uni client sends one small message: start with picows's minimum buffer.
         self.read_buffer_size = 2048
+        # proxy_http_headers, taken from the upgrade request only when a proxy is configured.
+        self.capture_headers = node.proxy.capture if node.proxy is not None else None
 
     def check(self, method: str, headers: dict[str, str]) -> int:
         """0 when the handshake is acceptable, else the HTTP status to answer (01 §2.3 order)."""
@@ -180,7 +182,8 @@ class UniWebSocket:
         if self.node.shutting_down:
             transport.close()
             return False
-        conn = self.node.new_conn(version == "v2", connect_request)
+        captured = self.capture_headers(headers) if self.capture_headers is not None else ()
+        conn = self.node.new_conn(version == "v2", connect_request, captured)
         protocol = WSProtocol(None, None, False, lambda _request: conn, BOUNDARY, True, None,
                               False, 10.0, 10.0, WSAutoPingStrategy.PING_WHEN_IDLE, True,
                               self.max_frame_size, None, self.read_buffer_size)
