@@ -438,8 +438,8 @@ class HttpFront(asyncio.Protocol):
         if self.continue_owed:
             self.continue_owed = False
             transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if self.eof and self.phase != _BODY:
-            self._abort(None)
+        if self.eof:
+            self._abort(None)          # everything owed is written; nothing more can arrive
         elif self.phase == _IDLE:
             self._arm(self.limits.idle_timeout)
 
