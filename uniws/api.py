@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from uniws import jsonexact
+from uniws.jsonexact import dumps as _dumps
 from uniws.eager import run_eager
 from uniws.engine.base import position_of
 from uniws.errors import ApiError, Disconnect
@@ -53,30 +54,26 @@ class _BadParams(Exception):
 # JSON helpers
 
 
-def _compact_json(value: Any) -> bytes:
-    """A payload field's JSON; too deeply nested to encode is the client's error (107)."""
+def _decode_payload(data: Any, b64data: str) -> bytes:
+    """The payload bytes of publish/broadcast: b64data wins over data (06 §4.1). JSON too
+    deeply nested to encode again is the client's error (107), like any bad payload."""
     try:
-        return jsonexact.dumps(value)
-    except ValueError:
+        if b64data:
+            # Go's StdEncoding skips CR/LF and otherwise requires the padded alphabet.
+            decoded = base64.b64decode(b64data.replace("\r", "").replace("\n", ""), validate=True)
+            return _dumps(jsonexact.loads(decoded))
+        if data is _ABSENT:
+            raise ApiError(107)
+        return _dumps(data)
+    except ValueError:  # binascii.Error, JSON errors, nesting: all ValueErrors
         raise ApiError(107) from None
 
 
-def _decode_payload(data: Any, b64data: str) -> bytes:
-    """The payload bytes of publish/broadcast: b64data wins over data (06 §4.1)."""
-    if b64data:
-        try:
-            # Go's StdEncoding skips CR/LF and otherwise requires the padded alphabet.
-            decoded = base64.b64decode(b64data.replace("\r", "").replace("\n", ""), validate=True)
-            return _compact_json(jsonexact.loads(decoded))
-        except ValueError:  # binascii.Error and JSON errors are ValueErrors
-            raise ApiError(107) from None
-    if data is _ABSENT:
-        raise ApiError(107)
-    return _compact_json(data)
-
-
 def _raw_or_none(value: Any) -> bytes | None:
-    return None if value is _ABSENT else _compact_json(value)
+    try:
+        return None if value is _ABSENT else _dumps(value)
+    except ValueError:
+        raise ApiError(107) from None
 
 
 # ---------------------------------------------------------------------------------------
