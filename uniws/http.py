@@ -495,6 +495,7 @@ class HttpFront(asyncio.Protocol):
         # of this protocol for the connection's life: hold nothing from here on.
         self._forget()
         self.transport = self.routes = self.upgrade = self.upgrade_tail = self.headers = None
+        self.pending = self.calls = self.raw_headers = self.url = self.request = None
         ws.upgrade(transport, method, query, headers, tail)
 
     # -- deadlines and closing ---------------------------------------------------------------

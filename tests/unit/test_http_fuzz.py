@@ -172,9 +172,8 @@ def test_mutated_requests_get_well_formed_answers_or_a_close(requests, mutations
         at %= len(stream) + 1
         stream[at:at] = insert
     _, wire, _ = run(split(bytes(stream), cuts))
-    out = bytes(wire.out).replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"")
-    for status, _ in read_responses(out):
-        assert status in (200, 400, 401, 404, 413, 431)
+    for status, _ in read_responses(bytes(wire.out)):
+        assert status in (100, 200, 400, 401, 404, 413, 431)
 
 
 @SETTINGS
