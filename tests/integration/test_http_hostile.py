@@ -373,3 +373,39 @@ def test_random_and_mutated_requests_leave_the_server_serving(start_server):
     _health(server)
     _no_traceback(server)
     assert server.proc.poll() is None
+
+
+# -- the WebSocket hand-off ------------------------------------------------------------------------
+
+
+def _masked_text(text: str) -> bytes:
+    payload = text.encode()
+    mask = b"\x01\x02\x03\x04"
+    assert len(payload) < 126
+    return bytes((0x81, 0x80 | len(payload))) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+UPGRADE = (b"GET /connection/uni_websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+@pytest.mark.parametrize("before", [b"", b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+                                    b"POST /api HTTP/1.1\r\nHost: x\r\n" + KEY.encode()
+                                    + b'Content-Length: 17\r\n\r\n{"method":"info"}'])
+def test_upgrade_in_one_packet_with_what_precedes_and_follows_it(shared_server, before):
+    """Earlier pipelined requests are answered first; the frame after the head reaches picows."""
+    connect = _masked_text(json.dumps({"token": shared_server.token("u1")}))
+    with _connect(shared_server) as sock:
+        sock.sendall(before + UPGRADE + connect)
+        data = b""
+        while b'"type":6' not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    if before:
+        assert data.startswith(b"HTTP/1.1 200 OK")
+        length = int(data.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        data = data.partition(b"\r\n\r\n")[2][length:]
+    head, _, frames = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert frames[0] == 0x81                                  # the connect push, a text frame
