@@ -210,10 +210,11 @@ class HttpFront(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._forget()
-        for item, _ in self.pending:
+        for item, _ in self.pending or ():      # None once handed over (a refused upgrade ends here)
             if type(item) is _ApiCall and item.task is not None and item.task.done() and not item.task.cancelled():
                 item.task.exception()
-        self.pending.clear()
+        if self.pending:
+            self.pending.clear()
         # Requests read in full still run (their client may have sent and left); nothing is written.
 
     def eof_received(self) -> bool:

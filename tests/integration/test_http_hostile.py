@@ -409,3 +409,14 @@ def test_upgrade_in_one_packet_with_what_precedes_and_follows_it(shared_server, 
     head, _, frames = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101")
     assert frames[0] == 0x81                                  # the connect push, a text frame
+
+
+def test_refused_upgrades_close_cleanly(shared_server):
+    for extra in (b"Origin: http://elsewhere\r\n", b"Sec-WebSocket-Version: 8\r\n"):
+        with _connect(shared_server) as sock:
+            sock.sendall(UPGRADE.replace(b"Host: x\r\n", b"Host: x\r\n" + extra).replace(
+                b"Sec-WebSocket-Version: 13\r\n", b"" if b"Version" in extra else b"Sec-WebSocket-Version: 13\r\n"))
+            assert _read_response(sock)[0] in (400, 403)
+            assert _closed(sock)
+    _health(shared_server)
+    _no_traceback(shared_server)
