@@ -548,6 +548,9 @@ class HttpFront(asyncio.Protocol):
             self._abort(None)
             return
         self.lingering = True
+        if self.paused:                # read again: the client's FIN ends the linger early
+            self.paused = False
+            self.transport.resume_reading()
         self.transport.write_eof()
         self._arm(LINGER)
 
