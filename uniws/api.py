@@ -13,10 +13,7 @@ import asyncio
 import base64
 import collections
 import hmac
-import json
 import logging
-import math
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +21,8 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from uniws import jsonexact
+from uniws.jsonexact import dumps as _dumps
 from uniws.eager import run_eager
 from uniws.engine.base import position_of
 from uniws.errors import ApiError, Disconnect
@@ -40,15 +39,6 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _BATCH_CONCURRENCY = 1024
 
-# orjson silently turns integers outside [-2**63, 2**64-1] into floats; such integers have
-# at least 20 digits, or 19 after a minus sign. Bytes containing such a digit run are parsed
-# by the exact (slower) decoder so payloads keep every digit. Digits are mapped to NUL
-# (which valid JSON never contains raw) so the check is two C-level substring searches.
-_DIGITS_TO_NUL = bytes.maketrans(b"0123456789", b"\0" * 10)
-_TWENTY_DIGITS = b"\0" * 20
-_NEGATIVE_NINETEEN_DIGITS = b"-" + b"\0" * 19
-_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
-
 _ERROR_MESSAGE_V5_NOT_FOUND = "not found"
 
 
@@ -64,83 +54,26 @@ class _BadParams(Exception):
 # JSON helpers
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"invalid JSON constant {name}")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):  # would be re-serialised as null: refuse rather than alter data
-        raise ValueError(f"number out of range: {text}")
-    return value
-
-
-def _exact_decoder() -> json.JSONDecoder:
-    """Standard-library decoder with Go-compatible strictness and exact big integers."""
-    return json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
-
-
-def _skip_whitespace(text: str, position: int) -> int:
-    """Position of the first non-whitespace character (JSON whitespace only) from `position`."""
-    match = _JSON_WHITESPACE.match(text, position)
-    return match.end() if match else position
-
-
-def _may_hold_huge_integer(raw: bytes) -> bool:
-    """Whether `raw` may hold an integer that orjson cannot decode exactly."""
-    digits_masked = raw.translate(_DIGITS_TO_NUL)
-    return _TWENTY_DIGITS in digits_masked or _NEGATIVE_NINETEEN_DIGITS in digits_masked
-
-
-def _parse_json(raw: bytes) -> Any:
-    """Parse one JSON document (surrounding whitespace allowed); ValueError when invalid."""
-    if not _may_hold_huge_integer(raw):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass  # maybe invalid UTF-8 inside strings, which Go accepts: retry leniently
-    text = raw.decode("utf-8", "replace")  # Go replaces invalid UTF-8 with U+FFFD too
-    decoder = _exact_decoder()
-    value, end = decoder.raw_decode(text, _skip_whitespace(text, 0))
-    if _skip_whitespace(text, end) != len(text):
-        raise ValueError("trailing data after JSON value")
-    return value
-
-
-def _compact_json(value: Any) -> bytes:
-    """Compact single-line JSON for a raw payload field (never contains a raw newline).
-
-    The node may keep payloads (history, write queues): they are handed over as an
-    exact-size copy because retaining orjson's over-allocated-then-shrunk outputs costs
-    the allocator ~2 µs each, against ~0.1 µs for the copy.
-    """
-    try:
-        return bytes(memoryview(orjson.dumps(value)))
-    except orjson.JSONEncodeError:
-        pass  # integers beyond 64 bits or lone surrogates, from the exact decoder only
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:  # lone surrogates: keep them as \\u escapes
-        return json.dumps(value, separators=(",", ":")).encode()
-
-
 def _decode_payload(data: Any, b64data: str) -> bytes:
-    """The payload bytes of publish/broadcast: b64data wins over data (06 §4.1)."""
-    if b64data:
-        try:
+    """The payload bytes of publish/broadcast: b64data wins over data (06 §4.1). JSON too
+    deeply nested to encode again is the client's error (107), like any bad payload."""
+    try:
+        if b64data:
             # Go's StdEncoding skips CR/LF and otherwise requires the padded alphabet.
             decoded = base64.b64decode(b64data.replace("\r", "").replace("\n", ""), validate=True)
-            return _compact_json(_parse_json(decoded))
-        except ValueError:  # binascii.Error and JSON errors are ValueErrors
-            raise ApiError(107) from None
-    if data is _ABSENT:
-        raise ApiError(107)
-    return _compact_json(data)
+            return _dumps(jsonexact.loads(decoded))
+        if data is _ABSENT:
+            raise ApiError(107)
+        return _dumps(data)
+    except ValueError:  # binascii.Error, JSON errors, nesting: all ValueErrors
+        raise ApiError(107) from None
 
 
 def _raw_or_none(value: Any) -> bytes | None:
-    return None if value is _ABSENT else _compact_json(value)
+    try:
+        return None if value is _ABSENT else _dumps(value)
+    except ValueError:
+        raise ApiError(107) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -592,13 +525,34 @@ class Api:
             return name in _V5_ROUTE_NAMES  # do not shadow every other top-level path
         return bool(name) and "/" not in name
 
+    def head_check(self, method: str, path: str, query: str, headers: Mapping[str, str]) -> Response | None:
+        """The answer a request gets from its head alone (unknown route, method, key, shutdown),
+        so the front can refuse it before reading a body byte; None when the body is needed."""
+        if path != self._prefix:
+            name = path[len(self._route_base) :] if path.startswith(self._route_base) else ""
+            if name != "batch" and name not in _V5_ROUTES:
+                return _text_response(404, b"404 page not found\n")
+        if method != "POST":
+            return _empty_response(405)
+        if not self._authorized(query, headers):
+            return _empty_response(401)
+        if self._node.shutting_down:
+            return _empty_response(503)
+        return None
+
     async def handle(
-        self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes
+        self, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
+        dispatched: Callable[[], None] | None = None,
     ) -> Response:
-        """Answer one HTTP request; never raises for bad input."""
+        """Answer one HTTP request; never raises for bad input.
+
+        `dispatched` is called once every command of the request has been started (they
+        reach each channel's owner in order from then on), at the latest when the answer
+        is ready: a connection's next request starts then, so it cannot overtake this one.
+        """
         try:
             if path == self._prefix:
-                return await self._handle_v3(method, query, headers, body)
+                return await self._handle_v3(method, query, headers, body, dispatched)
             name = path[len(self._route_base) :] if path.startswith(self._route_base) else ""
             if name == "batch":
                 return await self._handle_v5(method, query, headers, body, None)
@@ -609,6 +563,9 @@ class Api:
         except Exception:
             self._logger.exception("API request failed")
             return _text_response(500, b"Internal Server Error\n")
+        finally:
+            if dispatched is not None:
+                dispatched()
 
     def _precheck(self, method: str, query: str, headers: Mapping[str, str], body: bytes) -> Response | None:
         """Checks shared by both formats, in the order of 06 §2.1."""
@@ -651,7 +608,8 @@ class Api:
 
     # -- v3 format (06 §2) ---------------------------------------------------------------
 
-    async def _handle_v3(self, method: str, query: str, headers: Mapping[str, str], body: bytes) -> Response:
+    async def _handle_v3(self, method: str, query: str, headers: Mapping[str, str], body: bytes,
+                         dispatched: Callable[[], None] | None = None) -> Response:
         rejection = self._precheck(method, query, headers, body)
         if rejection is not None:
             return rejection
@@ -659,18 +617,19 @@ class Api:
         # separate orjson outputs alive until a join is several times slower (allocator).
         replies = bytearray()
         try:
-            await self._run_command_stream(body, replies)
+            await self._run_command_stream(body, replies, dispatched)
         except _MalformedRequest:
             return _bad_request()  # earlier commands keep their side effects (quirk)
         return _json_response(200, bytes(replies))
 
-    async def _run_command_stream(self, body: bytes, replies: bytearray) -> None:
+    async def _run_command_stream(self, body: bytes, replies: bytearray,
+                                  dispatched: Callable[[], None] | None = None) -> None:
         """Execute every command of the stream in order, appending reply lines to `replies`.
 
         Raises _MalformedRequest at the first undecodable value.
         """
         lines = body.split(b"\n")
-        check_lines = _may_hold_huge_integer(body)  # one scan of the body, rarely true
+        check_lines = jsonexact.may_hold_huge_integer(body)  # one scan of the body, rarely true
         # With several workers a command may wait for another process (a channel's owner).
         # Commands then all start at once, in order, and are answered in order: requests reach
         # each owner in command order (the bus keeps order), and a batch costs one round trip
@@ -680,6 +639,8 @@ class Api:
         try:
             await self._run_lines(lines, check_lines, body, replies, pending)
         finally:
+            if dispatched is not None:
+                dispatched()           # every command has started: the connection's next request may
             if pending:
                 await self._drain(pending, replies, 0)
 
@@ -694,7 +655,7 @@ class Api:
         for index, line in enumerate(lines):
             # Fast path: one command per line.
             try:
-                if check_lines and _may_hold_huge_integer(line):
+                if check_lines and jsonexact.may_hold_huge_integer(line):
                     raise ValueError("needs the exact decoder")
                 command = orjson.loads(line)
             except ValueError:
@@ -720,15 +681,14 @@ class Api:
     async def _run_command_tail(self, tail: bytes, replies: bytearray) -> None:
         """Streaming decode of concatenated JSON values (slow path of 06 §2.4)."""
         text = tail.decode("utf-8", "replace")
-        decoder = _exact_decoder()
-        position = _skip_whitespace(text, 0)
+        position = jsonexact.skip_whitespace(text, 0)
         while position < len(text):
             try:
-                command, position = decoder.raw_decode(text, position)
+                command, position = jsonexact.raw_decode(text, position)
             except ValueError:
                 raise _MalformedRequest from None
             _append_line(replies, await self._execute_v3(command))
-            position = _skip_whitespace(text, position)
+            position = jsonexact.skip_whitespace(text, position)
 
     async def _execute_v3(self, command: Any) -> bytes:
         """Run one decoded command and return its reply line; raises _MalformedRequest."""
@@ -824,7 +784,7 @@ class Api:
         if rejection is not None:
             return rejection
         try:
-            params = _parse_json(body)
+            params = jsonexact.loads(body)
         except ValueError:
             return _bad_request()
         if params is None:

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from uniws import jsonexact
+
 __all__ = [
     "TokenError",
     "TokenSub",
@@ -61,8 +63,6 @@ _KNOWN_ALGORITHMS = frozenset(_HMAC_DIGESTS) | frozenset(_RSA_HASHES) | {"ES256"
 
 _URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _BASE64URL_TOKEN = re.compile(r"[A-Za-z0-9_\-.]+")
-# orjson turns integers beyond 64 bits into floats silently; 19+ digit runs take the exact path.
-_LONG_DIGIT_RUN = re.compile(rb"\d{19}")
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -169,43 +169,26 @@ class _Claims:
 
 
 def _parse_json(raw: bytes) -> Any:
-    """Decode JSON; ValueError when invalid. Big integers keep their exact value."""
-    if _LONG_DIGIT_RUN.search(raw) is None:
+    """Decode JSON; ValueError when invalid. Big integers keep their exact value. Stricter
+    than the API's payloads: invalid UTF-8 and lone surrogates are refused."""
+    if not jsonexact.may_hold_huge_integer(raw):
         return orjson.loads(raw)
-    return _parse_json_exact(raw)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError("number is infinity when parsed as double")
-    return value
-
-
-def _parse_json_exact(raw: bytes) -> Any:
-    """The json-module path: same acceptance as orjson, but integers stay exact."""
+    text = raw.decode("utf-8")
+    value, end = jsonexact.raw_decode(text, jsonexact.skip_whitespace(text, 0))
+    if jsonexact.skip_whitespace(text, end) != len(text):
+        raise ValueError("trailing data after JSON value")
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float)
-        # orjson rejects lone surrogates; do the same so every string is encodable later.
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except RecursionError as exc:
-        raise ValueError("JSON nested too deeply") from exc
+        json.dumps(value, ensure_ascii=False).encode("utf-8")   # orjson refuses lone surrogates too
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
     return value
 
 
 def _compact_json(value: Any, path: str) -> bytes:
     """Compact JSON text of a decoded value, embedded verbatim in pushes later."""
     try:
-        return orjson.dumps(value)
-    except orjson.JSONEncodeError:  # integers beyond 64 bits, nesting deeper than 254
-        pass
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except RecursionError:  # valid JSON we cannot re-encode: a server-side failure
+        return jsonexact.dumps(value)
+    except ValueError:  # valid JSON we cannot re-encode: a server-side failure
         raise TokenError(INTERNAL, f"{path}: value nested too deeply") from None
 
 

@@ -59,6 +59,8 @@ SUPPORTED = frozenset(
         "history_meta_ttl", "workers", "gomaxprocs", "usage_stats_disable",
         "proxy_connect_endpoint", "proxy_connect_timeout", "proxy_refresh_endpoint", "proxy_refresh_timeout",
         "proxy_http_headers", "proxy_binary_encoding", "proxy_include_connection_meta",
+        "http_max_request_body_size", "http_header_read_timeout", "http_body_read_timeout",
+        "http_idle_timeout", "http_max_incomplete_requests",
     }
 )  # fmt: skip
 
@@ -259,6 +261,12 @@ class Config:
     websocket_disable: bool = False
     api_disable: bool = False
     workers: int = 0  # uniws: worker processes, 0 = CPU count
+    # uniws: the HTTP front (API, health) of each worker; timeouts 0 = none, count 0 = no cap
+    http_max_request_body_size: int = 16 * 1024 * 1024
+    http_header_read_timeout: float = _dur("10s")
+    http_body_read_timeout: float = _dur("30s")
+    http_idle_timeout: float = _dur("60s")
+    http_max_incomplete_requests: int = 10000
 
     # 4.2 Unidirectional WebSocket (zero values fall back to the defaults, 01 §1)
     uni_websocket: bool = False
@@ -883,8 +891,9 @@ def _check_proxy(values: Mapping[str, Any], namespaces: Mapping[str, ChannelOpti
 
 
 def _check_workers(values: Mapping[str, Any]) -> None:
-    if values["workers"] < 0:
-        raise ConfigError(f'option "workers" must not be negative, got {values["workers"]}')
+    for name in ("workers", "http_max_request_body_size", "http_max_incomplete_requests"):
+        if values[name] < 0:
+            raise ConfigError(f'option "{name}" must not be negative, got {values[name]}')
 
 
 def _resolve_defaults(values: dict[str, Any]) -> None:

@@ -121,6 +121,7 @@ class Node:
         self.wheel = PingWheel(self.fanout, nslots, self.ping_interval * 10 / 9 + self.tick,
                                cfg.uni_websocket_write_timeout)
         self._timer: asyncio.TimerHandle | None = None
+        self.http = None               # http.FrontLimits, set by server.py: its deadlines ride this tick
 
     def reload(self, cfg) -> None:
         """Apply a re-read config's token keys and channel rules (07 §7.1); the rest needs a restart."""
@@ -153,6 +154,8 @@ class Node:
             self.engine.sweep()
             if self.cluster is not None:
                 self.cluster.expire_requests(time.monotonic())
+            if self.http is not None:
+                self.http.sweep(time.monotonic())
         except Exception:
             log.exception("periodic tick failed")
 

@@ -8,11 +8,11 @@ JSON type is a parse error (the transport then closes silently).
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 
 import orjson
+
+from uniws import jsonexact
 
 _U64_MAX = (1 << 64) - 1
 
@@ -39,20 +39,9 @@ class ConnectRequest:
     subs: dict[str, SubHint] = field(default_factory=dict)
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"invalid JSON constant {name}")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-# orjson reads integers beyond 64 bits as floats; such payloads take the exact path.
-_BIG_INT = re.compile(rb"\d{20}")
-
-
 def _first_json_value(payload: bytes) -> object:
     """The first JSON value of `payload`; whatever follows it is ignored."""
-    if _BIG_INT.search(payload) is None:
+    if not jsonexact.may_hold_huge_integer(payload):
         try:
             return orjson.loads(payload)         # the common case: exactly one value
         except orjson.JSONDecodeError:
@@ -61,8 +50,8 @@ def _first_json_value(payload: bytes) -> object:
     if not text:
         raise ConnectRequestError("empty connect request")
     try:
-        value, _end = _DECODER.raw_decode(text)
-    except ValueError as exc:
+        value, _end = jsonexact.raw_decode(text)
+    except ValueError as exc:                    # nested too deeply included
         raise ConnectRequestError(f"malformed JSON: {exc}") from None
     except RecursionError:                       # the pure decoder recurses once per nesting level
         raise ConnectRequestError("malformed JSON: nested too deeply") from None
@@ -70,11 +59,11 @@ def _first_json_value(payload: bytes) -> object:
 
 
 def compact_json(value: object) -> bytes:
-    """Compact JSON bytes of a decoded value (ints beyond 64 bits fall back to json)."""
+    """Compact JSON bytes of a decoded value (exact big integers)."""
     try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return jsonexact.dumps(value)
+    except ValueError as exc:
+        raise ConnectRequestError(f"data: {exc}") from None
 
 
 def _lower_keys(obj: dict) -> dict:

@@ -21,7 +21,7 @@ import uvloop
 from . import __version__
 from .api import Api
 from .bus import Bus, BusFiles, BusSpaceError
-from .http import HttpFront, Routes
+from .http import FrontLimits, HttpFront, Routes
 from .node import Node
 from .transport import UniWebSocket
 
@@ -88,10 +88,11 @@ async def run(cfg, *, index: int = 0, count: int = 1, bus_files: BusFiles | None
         bus = Bus(loop, index, bus_files, node.cluster, first_start=not restarted)
         node.cluster.attach(bus)
     servers = []
+    limits = node.http = FrontLimits.from_config(cfg)     # swept by the node's tick
     for routes, address, port, names in _listeners(cfg, node):
         sock = listening_socket(address, port)
         # create_server listens again with its own default backlog (100): ask for the large one.
-        servers.append(await loop.create_server(lambda r=routes: HttpFront(r), sock=sock, backlog=BACKLOG))
+        servers.append(await loop.create_server(lambda r=routes: HttpFront(r, limits), sock=sock, backlog=BACKLOG))
         if index == 0:
             log.info("serving %s endpoints on %s:%d", ", ".join(names) or "no", address, port)
     node.start()
