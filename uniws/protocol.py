@@ -53,8 +53,6 @@ def _first_json_value(payload: bytes) -> object:
         value, _end = jsonexact.raw_decode(text)
     except ValueError as exc:                    # nested too deeply included
         raise ConnectRequestError(f"malformed JSON: {exc}") from None
-    except RecursionError:                       # the pure decoder recurses once per nesting level
-        raise ConnectRequestError("malformed JSON: nested too deeply") from None
     return value
 
 
