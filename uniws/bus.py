@@ -34,6 +34,7 @@ from . import _shmring
 log = logging.getLogger("uniws.bus")
 
 RING_BYTES = 32 << 20
+MIN_RING_BYTES = 4 << 20     # the smallest ring the default may shrink to (a 2 MiB message limit)
 
 
 class BusHandler(Protocol):
@@ -65,12 +66,29 @@ class BusFiles:
         return os.path.join(self.directory, f"worker{index}.ring")
 
     @classmethod
-    def create(cls, directory: str, count: int, ring_bytes: int = RING_BYTES) -> "BusFiles":
+    def create(cls, directory: str, count: int, ring_bytes: int | None = None) -> "BusFiles":
         """Create the ring files with all their memory reserved now (a worker never meets a
-        full /dev/shm later, as a SIGBUS). Raises BusSpaceError naming the size needed."""
-        need = count * _shmring.file_size(ring_bytes)
+        full /dev/shm later, as a SIGBUS). Raises BusSpaceError naming the size needed.
+
+        By default each ring is RING_BYTES; where that does not fit (Docker's 64 MiB /dev/shm
+        with 2 workers) the rings shrink to the largest power of two that fits in three
+        quarters of the free space, down to MIN_RING_BYTES, with a warning: a smaller ring
+        only means a reader is lapped (and its clients reconnect) after a shorter stall."""
         fs = os.statvfs(directory)
         free = fs.f_bavail * fs.f_frsize
+        wanted = RING_BYTES if ring_bytes is None else ring_bytes
+        if ring_bytes is None and count * _shmring.file_size(RING_BYTES) > free:
+            fitting = RING_BYTES
+            while fitting > MIN_RING_BYTES and count * _shmring.file_size(fitting) > free * 3 // 4:
+                fitting //= 2
+            if count * _shmring.file_size(fitting) <= free * 3 // 4:
+                log.warning("only %s of shared memory is free in %s: the bus rings are %s each instead of %s "
+                            "(publications over half a ring are refused; give /dev/shm more room, e.g. "
+                            "Docker --shm-size=%dm, for the default)", _mib(free), directory, _mib(fitting),
+                            _mib(RING_BYTES), (count * RING_BYTES >> 20) + 32)
+                ring_bytes = fitting
+        ring_bytes = ring_bytes or RING_BYTES
+        need = count * _shmring.file_size(ring_bytes)
         created = []
         try:
             if free < need:
@@ -84,9 +102,10 @@ class BusFiles:
                 os.unlink(path)
             if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
                 raise
+            need = count * _shmring.file_size(wanted)
             raise BusSpaceError(
                 f"the inter-worker bus needs {_mib(need)} of shared memory in {directory} "
-                f"({count} workers x {_mib(ring_bytes)} ring each) but only {_mib(free)} is free: "
+                f"({count} workers x {_mib(wanted)} ring each) but only {_mib(free)} is free: "
                 f"give /dev/shm more room (Docker: --shm-size={(need >> 20) + 32}m) or run fewer "
                 f"workers (option workers)") from None
         doorbells = tuple(os.eventfd(0, os.EFD_NONBLOCK) for _ in range(count))
