@@ -25,7 +25,7 @@ def _servers(args) -> list[str]:
     names = []
     for name in args.servers.split(","):
         name = name.strip()
-        if name not in servers.ALL:
+        if name not in servers.ALL and not servers.is_uniws(name):
             raise SystemExit(f"unknown server {name!r}; known: {', '.join(servers.ALL)}")
         why = servers.Server.available(name)
         if why:
@@ -38,7 +38,7 @@ def _servers(args) -> list[str]:
 
 
 def _server(name: str, args, personal: bool = False) -> servers.Server:
-    return servers.Server(name, personal=personal, workers=args.workers if name == "uniws" else None)
+    return servers.Server(name, personal=personal, workers=args.workers if servers.is_uniws(name) else None)
 
 
 def _order(names: list[str], rep: int) -> list[str]:
@@ -534,7 +534,8 @@ def selftest(args) -> None:
 def add_common(p: argparse.ArgumentParser, clients: int) -> None:
     p.add_argument("--clients", type=int, default=clients)
     p.add_argument("--servers", default=",".join(servers.ALL),
-                   help="comma-separated subset of: " + ", ".join(servers.ALL))
+                   help="comma-separated subset of: " + ", ".join(servers.ALL) + "; uniws@DIR runs the uniws "
+                        "of another checkout DIR (extensions built in place) beside this one")
     p.add_argument("--reps", type=int, default=3, help="repetitions (servers alternate within each)")
     p.add_argument("--workers", type=int, default=None, help="pass --workers N to uniws (default: not passed)")
     p.add_argument("--procs", type=int, default=2, help="load generator processes")

@@ -32,6 +32,12 @@ C_EPOLL = HERE / "build" / "c_epoll"    # peer (e); gen.build() compiles it
 
 ALL = ["uniws", "picows_broadcast", "picows_coalesce", "c_epoll", "websockets_broadcast", "nats"]
 
+
+def is_uniws(name: str) -> bool:
+    """`uniws` is this checkout; `uniws@DIR` is the uniws of another checkout (its extensions built
+    in place), run the same way: before/after figures side by side in one run."""
+    return name == "uniws" or name.startswith("uniws@")
+
 # --------------------------------------------------------------------------- process registry
 
 _live: dict[int, bool] = {}          # pid -> is a process group leader we created
@@ -192,9 +198,9 @@ class Server:
         self.proto = "nats" if name == "nats" else "uni"
         self.api_proto = "nats" if name == "nats" else "http"
         self.proc: subprocess.Popen | None = None
-        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-{name.split('@')[0]}-"))
         self.ws_port = free_port()
-        self.api_port = self.ws_port if name == "uniws" else free_port()
+        self.api_port = self.ws_port if is_uniws(name) else free_port()
 
     @staticmethod
     def available(name: str) -> str | None:
@@ -205,10 +211,12 @@ class Server:
             return "the websockets package is not installed (pip install websockets)"
         if name == "c_epoll" and not shutil.which("gcc") and not C_EPOLL.exists():
             return "gcc is not installed (needed to build peers/c_epoll.c)"
+        if name.startswith("uniws@") and not (Path(name[6:]) / "uniws" / "__main__.py").exists():
+            return f"{name[6:]} holds no uniws checkout"
         return None
 
     def _command(self) -> list[str]:
-        if self.name == "uniws":
+        if is_uniws(self.name):
             cfg = {"token_hmac_secret_key": SECRET, "api_key": API_KEY, "uni_websocket": True,
                    "api_insecure": True, "client_insecure": False, "uni_websocket_ping_interval": "-1s",
                    "log_level": "warn"}
@@ -246,7 +254,8 @@ class Server:
 
     def _start(self, timeout: float) -> "Server":
         self.log = open(self.dir / "server.log", "wb")
-        self.proc = subprocess.Popen(self._command(), stdout=self.log, stderr=subprocess.STDOUT,
+        env = {**os.environ, "PYTHONPATH": self.name[6:]} if self.name.startswith("uniws@") else None
+        self.proc = subprocess.Popen(self._command(), stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      stdin=subprocess.DEVNULL, start_new_session=True,
                                      preexec_fn=_die_with_parent, cwd=self.dir)
         register(self.proc.pid, group=True)
