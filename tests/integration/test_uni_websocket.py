@@ -253,6 +253,20 @@ def test_graceful_shutdown_sends_3001(start_server):
     assert "Traceback" not in server.log()
 
 
+def test_ctrl_c_to_the_process_group_stops_every_worker_once(start_server):
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group: the workers
+    ignore it and stop on the supervisor's word, so nothing is restarted and every client of
+    both workers gets the shutdown disconnect."""
+    server = start_server({"workers": 2}, new_session=True)
+    clients = [connect_push(server, user=f"u{i}")[0] for i in range(8)]
+    os.killpg(server.proc.pid, signal.SIGINT)
+    for client in clients:
+        assert client.until_closed() == ['{"type":7,"data":{"code":3001,"reason":"shutdown","reconnect":true}}']
+    assert server.proc.wait(10) == 0
+    log = server.log()
+    assert "restarting" not in log and "Traceback" not in log, log
+
+
 def test_health_endpoint(start_server):
     server = start_server()
     r = requests.get(server.base + "/health", timeout=5)
