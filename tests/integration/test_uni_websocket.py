@@ -191,6 +191,18 @@ def test_dead_peer_is_closed(start_server):
             pass
 
 
+def test_refused_origin_is_logged_once_with_the_option_to_set(start_server):
+    server = start_server({"allowed_origins": []})
+    base = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13", "Origin": "https://app.example"}
+    for _ in range(3):
+        r = requests.get(server.ws_url.replace("ws://", "http://"), headers=base, timeout=5)
+        assert r.status_code == 403
+    lines = [json.loads(line) for line in server.log().splitlines() if "origin refused" in line]
+    assert [(e["level"], e["origin"], e["allowed_origins"]) for e in lines] == [("info", "https://app.example", [])]
+    assert '"allowed_origins"' in lines[0]["message"]
+
+
 @pytest.mark.parametrize("headers, method, status", [
     ({"Origin": "https://evil.com"}, "GET", 403),
     ({}, "POST", 405),
