@@ -276,6 +276,17 @@ def test_ctrl_c_to_the_process_group_stops_every_worker_once(start_server):
     assert "restarting" not in log and "Traceback" not in log, log
 
 
+def test_sigterm_while_workers_are_starting_is_a_clean_shutdown(start_server):
+    """SIGTERM as soon as the first worker listens: the others are still starting. Each waits
+    until its loop can shut down cleanly (it used to die of the signal, and the supervisor
+    exited 1)."""
+    server = start_server({"workers": 4})
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(15) == 0, server.log()
+    log = server.log()
+    assert "restarting" not in log and "Traceback" not in log, log
+
+
 def test_health_endpoint(start_server):
     server = start_server()
     r = requests.get(server.base + "/health", timeout=5)
