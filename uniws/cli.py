@@ -129,8 +129,8 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
             target.add_argument(*names, nargs="?", const=True, type=_parse_flag_bool, default=argparse.SUPPRESS,
                                 metavar="BOOL", help=shown)
         else:
-            target.add_argument(*names, type=kind, default=argparse.SUPPRESS, metavar="N" if kind is int else name.split("_")[-1].upper(),
-                                help=shown)
+            metavar = "N" if kind is int else name.split("_")[-1].upper()      # --log_file FILE
+            target.add_argument(*names, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=shown)
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -160,12 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     checktoken = commands.add_parser("checktoken", help="verify a connection token with the configured keys")
     _add_config_flag(checktoken)
     checktoken.add_argument("token", nargs="*", help=argparse.SUPPRESS)
-    # Centrifugo's static file server: parsed so it can say it is not supported.
+    # Centrifugo's static file server: parsed so it can say it is not supported; no help=,
+    # so --help does not list it.
     serve = commands.add_parser("serve")
     serve.add_argument("-d", "--dir", default="./")
     serve.add_argument("-p", "--port", default="3000")
     serve.add_argument("-a", "--address", default="")
-    commands._choices_actions = [a for a in commands._choices_actions if a.dest != "serve"]
     return parser
 
 
