@@ -39,6 +39,10 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _formatter)   # subcommand parsers too
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(message, self.format_usage())
 
@@ -52,86 +56,113 @@ def _parse_flag_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"invalid boolean value: {text!r}")
 
 
-# (option name, short flag or None, value type) of the server flags (07 §5.2).
-_SERVER_FLAGS: tuple[tuple[str, str | None, type], ...] = (
-    ("port", "-p", str),
-    ("address", "-a", str),
-    ("internal_address", None, str),
-    ("internal_port", None, str),
-    ("name", "-n", str),
-    ("engine", "-e", str),
-    ("broker", None, str),
-    ("log_level", None, str),
-    ("log_file", None, str),
-    ("pid_file", None, str),
-    ("workers", None, int),
-    ("debug", None, bool),
-    ("admin", None, bool),
-    ("admin_external", None, bool),
-    ("admin_insecure", None, bool),
-    ("client_insecure", None, bool),
-    ("api_insecure", None, bool),
-    ("prometheus", None, bool),
-    ("health", None, bool),
-    ("uni_websocket", None, bool),
-    ("uni_sse", None, bool),
-    ("uni_http_stream", None, bool),
-    ("sse", None, bool),
-    ("http_stream", None, bool),
-    ("sockjs", None, bool),
-    ("tls", None, bool),
-    ("tls_cert", None, str),
-    ("tls_key", None, str),
-    ("tls_external", None, bool),
-    ("redis_address", None, str),
-    ("grpc_api", None, bool),
-    ("grpc_api_port", None, int),
-    ("uni_grpc", None, bool),
-    ("uni_grpc_port", None, int),
-    ("tarantool_address", None, str),
-    ("nats_url", None, str),
+# Server flags (07 §5.2): (option name, short flag or None, value type, help group, help).
+# A flag with help None is hidden from --help but still parsed, so its option gets the
+# config's answer (a warning, or a refusal naming it for tls/admin/sockjs) rather than
+# "unrecognized arguments".
+_SERVER_FLAGS: tuple[tuple[str, str | None, type, str, str | None], ...] = (
+    ("address", "-a", str, "listen", "interface address to listen on (default: all)"),
+    ("port", "-p", str, "listen", "port to bind to (default 8000)"),
+    ("internal_address", None, str, "listen", "address for the API and health endpoints (default: --address)"),
+    ("internal_port", None, str, "listen", "port for the API and health endpoints (default: --port)"),
+    ("uni_websocket", None, bool, "endpoints", "serve /connection/uni_websocket"),
+    ("health", None, bool, "endpoints", "serve /health"),
+    ("client_insecure", None, bool, "endpoints", "INSECURE: accept connections without a token"),
+    ("api_insecure", None, bool, "endpoints", "INSECURE: serve the API without an API key"),
+    ("name", "-n", str, "process", "node name (default: host name and port)"),
+    ("engine", "-e", str, "process", "engine: memory (the only one supported)"),
+    ("workers", None, int, "process", "worker processes (default: CPU count; 1 = no supervisor)"),
+    ("log_level", None, str, "process", "trace, debug, info, warn, error, fatal or none (default info)"),
+    ("log_file", None, str, "process", "write the log to this file instead of stderr"),
+    ("pid_file", None, str, "process", "write the process ID to this file"),
+    # Not supported: hidden.
+    ("broker", None, str, "", None),
+    ("debug", None, bool, "", None),
+    ("admin", None, bool, "", None),
+    ("admin_external", None, bool, "", None),
+    ("admin_insecure", None, bool, "", None),
+    ("prometheus", None, bool, "", None),
+    ("uni_sse", None, bool, "", None),
+    ("uni_http_stream", None, bool, "", None),
+    ("sse", None, bool, "", None),
+    ("http_stream", None, bool, "", None),
+    ("sockjs", None, bool, "", None),
+    ("tls", None, bool, "", None),
+    ("tls_cert", None, str, "", None),
+    ("tls_key", None, str, "", None),
+    ("tls_external", None, bool, "", None),
+    ("redis_address", None, str, "", None),
+    ("grpc_api", None, bool, "", None),
+    ("grpc_api_port", None, int, "", None),
+    ("uni_grpc", None, bool, "", None),
+    ("uni_grpc_port", None, int, "", None),
+    ("tarantool_address", None, str, "", None),
+    ("nats_url", None, str, "", None),
 )
-_SERVER_FLAG_NAMES = tuple(name for name, _, _ in _SERVER_FLAGS)
+_SERVER_FLAG_NAMES = tuple(flag[0] for flag in _SERVER_FLAGS)
+_FLAG_GROUPS = (("listen", "listening"), ("endpoints", "endpoints and access"), ("process", "process and logging"))
+
+
+def _version_text() -> str:
+    return f"uniws v{__version__} (Python version: {platform.python_version()})"
 
 
 def _add_config_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="path to config file")
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG, metavar="FILE",
+                        help="config file: .json, .yaml or .toml (default config.json)")
 
 
 def _add_token_flags(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument("-u", "--user", default=default, help="user ID, by default anonymous")
-    parser.add_argument("-t", "--ttl", type=int, default=default, help="token TTL in seconds (default 604800)")
+    parser.add_argument("-u", "--user", default=default, help="user ID (default: anonymous)")
+    parser.add_argument("-t", "--ttl", type=int, default=default, metavar="SECONDS",
+                        help="token lifetime (default 604800, 7 days)")
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS keeps absent flags out of the namespace: only explicit flags override.
-    for name, short, kind in _SERVER_FLAGS:
+    groups = {key: parser.add_argument_group(title) for key, title in _FLAG_GROUPS}
+    for name, short, kind, group, text in _SERVER_FLAGS:
         names = [short, f"--{name}"] if short else [f"--{name}"]
+        target = groups.get(group, parser)
+        shown = text if text is not None else argparse.SUPPRESS
         if kind is bool:
-            parser.add_argument(
-                *names, nargs="?", const=True, type=_parse_flag_bool, default=argparse.SUPPRESS, metavar="BOOL"
-            )
+            target.add_argument(*names, nargs="?", const=True, type=_parse_flag_bool, default=argparse.SUPPRESS,
+                                metavar="BOOL", help=shown)
         else:
-            parser.add_argument(*names, type=kind, default=argparse.SUPPRESS)
+            metavar = "N" if kind is int else name.split("_")[-1].upper()      # --log_file FILE
+            target.add_argument(*names, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=shown)
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, max_help_position=36, width=120)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="uniws", description="Centrifugo v3 compatible unidirectional WebSocket server")
+    parser = _Parser(prog="uniws",
+                     description="Centrifugo v3 compatible unidirectional WebSocket server. "
+                                 "Without a command: run the server.")
+    parser.add_argument("--version", action="version", version=_version_text(), help="print the version and exit")
     _add_config_flag(parser)
     _add_server_flags(parser)
     # `uniws -c config.json -u USER` generates a token, like gentoken (product requirement).
-    _add_token_flags(parser, argparse.SUPPRESS)
+    tokens = parser.add_argument_group("token (instead of running the server, as gentoken)")
+    _add_token_flags(tokens, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("version", help="print version and exit")
-    _add_config_flag(commands.add_parser("checkconfig", help="check configuration file"))
-    _add_config_flag(commands.add_parser("genconfig", help="generate minimal configuration file"))
-    gentoken = commands.add_parser("gentoken", help="generate an HS256 connection token")
+    commands.add_parser("version", help="print the version and exit")
+    _add_config_flag(commands.add_parser("checkconfig", help="check a config file; exit 1 if it would not start"))
+    genconfig = commands.add_parser("genconfig", help="write a minimal config file with random secrets")
+    _add_config_flag(genconfig)
+    genconfig.add_argument("--if-missing", action="store_true",
+                           help="leave an existing file unchanged and succeed (for re-runnable set-ups)")
+    gentoken = commands.add_parser("gentoken", help="print an HS256 connection token")
     _add_config_flag(gentoken)
     _add_token_flags(gentoken, None)
-    checktoken = commands.add_parser("checktoken", help="check a connection token")
+    checktoken = commands.add_parser("checktoken", help="verify a connection token with the configured keys")
     _add_config_flag(checktoken)
     checktoken.add_argument("token", nargs="*", help=argparse.SUPPRESS)
-    serve = commands.add_parser("serve", help="static file server (not supported)")
+    # Centrifugo's static file server: parsed so it can say it is not supported; no help=,
+    # so --help does not list it.
+    serve = commands.add_parser("serve")
     serve.add_argument("-d", "--dir", default="./")
     serve.add_argument("-p", "--port", default="3000")
     serve.add_argument("-a", "--address", default="")
@@ -143,27 +174,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_version() -> int:
-    print(f"uniws v{__version__} (Python version: {platform.python_version()})")
+    print(_version_text())
     return 0
 
 
 def cmd_checkconfig(path: str) -> int:
     try:
-        load_config(path, os.environ, {}, must_exist=True)
+        _, warnings = load_config(path, os.environ, {}, must_exist=True)
     except ConfigValidationError as exc:
         print(f"configuration error: {exc.detail}")  # 07 §5.7
         return 1
     except ConfigError as exc:
         print(exc.message)
         return 1
+    for warning in warnings:          # what the server would log at start (unknown options...)
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
 def _genconfig_text(extension: str) -> str:
     values = {
+        # No admin_password/admin_secret (the reference writes them): there is no admin UI
+        # yet, and the server would warn that they are ignored.
         "token_hmac_secret_key": str(uuid.uuid4()),
-        "admin_password": str(uuid.uuid4()),
-        "admin_secret": str(uuid.uuid4()),
         "api_key": str(uuid.uuid4()),
     }
     if extension == "json":
@@ -182,8 +215,11 @@ def _write_new_file(path: str, text: str) -> None:
         file.write(text)
 
 
-def cmd_genconfig(path: str) -> int:
+def cmd_genconfig(path: str, if_missing: bool = False) -> int:
     if os.path.exists(path):
+        if if_missing:
+            print(f"config file {path} already exists, left unchanged")
+            return 0
         print(f"error: output config file already exists: {path}")
         return 1
     extension = os.path.splitext(path)[1].lstrip(".")
@@ -309,7 +345,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "checkconfig":
         return cmd_checkconfig(args.config)
     if command == "genconfig":
-        return cmd_genconfig(args.config)
+        return cmd_genconfig(args.config, args.if_missing)
     if command == "checktoken":
         return cmd_checktoken(args.config, args.token)
     if command == "serve":

@@ -10,7 +10,9 @@ Chosen behaviour where the reference (Centrifugo v3.2.3) is lax, see 07 §9:
 * negative durations are rejected (except ping intervals: negative = no pings), and the
   1ms / 1s checks also apply inside namespaces, where bare non-zero numbers are rejected;
 * unknown options produce a warning; options not implemented yet produce a warning
-  when set to a non-default value;
+  when set to a non-default value, except security-relevant ones (TLS, the admin UI,
+  SockJS), which stop startup with a message naming the option: a server that runs
+  plain HTTP while its config asks for TLS must not start;
 * `UNIWS_<OPTION>` env variables take precedence over `CENTRIFUGO_<OPTION>`.
 """
 
@@ -890,6 +892,35 @@ def _check_proxy(values: Mapping[str, Any], namespaces: Mapping[str, ChannelOpti
             raise ConfigError(f'option "proxy_{kind}_timeout" must be positive when proxy_{kind}_endpoint is set')
 
 
+# Unsupported options a user relies on for security or exposure: set to anything but the
+# default, the server refuses to start (like `engine: redis`). admin_password and
+# admin_secret are not here: they only protect the admin UI, which is off without `admin`,
+# and every config that `centrifugo genconfig` wrote has them, so they stay warnings.
+_REFUSED: tuple[tuple[str, str], ...] = (
+    ("tls", "TLS is not supported yet; terminate TLS in a proxy in front of uniws"),
+    ("admin", "the admin UI and admin API are not supported yet"),
+    ("sockjs", "the SockJS transport is not supported"),
+)
+_NOT_REFUSED = frozenset({"admin_password", "admin_secret"})
+
+
+def refused_option(name: str) -> str | None:
+    """Why a non-default value of `name` stops startup, or None."""
+    if name in _NOT_REFUSED:
+        return None
+    for prefix, why in _REFUSED:
+        if name == prefix or name.startswith(prefix + "_"):
+            return why
+    return None
+
+
+def _check_refused(values: Mapping[str, Any]) -> None:
+    for name, option in OPTIONS.items():
+        why = refused_option(name)
+        if why and values[name] != option.default:
+            raise ConfigError(f'option "{name}" refused: {why}; remove it to start uniws')
+
+
 def _check_workers(values: Mapping[str, Any]) -> None:
     for name in ("workers", "http_max_request_body_size", "http_max_incomplete_requests"):
         if values[name] < 0:
@@ -911,7 +942,7 @@ def _resolve_defaults(values: dict[str, Any]) -> None:
 
 def _security_warnings(values: Mapping[str, Any]) -> list[str]:
     warnings = []
-    for option, what in (("client_insecure", "client"), ("api_insecure", "API"), ("admin_insecure", "admin")):
+    for option, what in (("client_insecure", "client"), ("api_insecure", "API")):
         if values[option]:
             warnings.append(f"INSECURE {what} mode enabled, make sure you understand risks")
     if values["allowed_origins"] == ["*"]:
@@ -965,6 +996,7 @@ def load_config(
     _validate_personal(values, top, namespaces)
     _check_engine(values)
     _check_proxy(values, namespaces)
+    _check_refused(values)
     _check_workers(values)
 
     warnings.extend(_unsupported_warnings(values))

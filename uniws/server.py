@@ -98,9 +98,14 @@ async def run(cfg, *, index: int = 0, count: int = 1, bus_files: BusFiles | None
     node.start()
 
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # A supervised worker (count > 1) stops only on its supervisor's SIGTERM and ignores the
+    # terminal's SIGINT (see supervisor.py); a single process handles both itself.
+    for sig in (signal.SIGTERM,) if count > 1 else (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_node, node, reload)
+    # The supervisor forks workers with SIGTERM/SIGHUP blocked: one sent during start-up is
+    # delivered now, to the handlers above.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGHUP))
     await stop.wait()
 
     if index == 0:

@@ -4,9 +4,16 @@ It serves no clients. Each worker opens its own SO_REUSEPORT listening socket,
 so the kernel spreads connections over them, and joins the bus through the ring
 files and eventfds the supervisor creates before the first fork. A worker that dies is restarted (after 0.1 s,
 doubling up to 5 s while it keeps dying within 10 s of its start). SIGTERM or
-SIGINT is relayed to every worker for a graceful shutdown; SIGHUP re-reads the
-config, and if it is valid, is relayed so every worker reloads token keys and
+SIGINT is relayed to every worker (as SIGTERM) for a graceful shutdown; SIGHUP re-reads
+the config, and if it is valid, is relayed so every worker reloads token keys and
 channel rules without dropping connections.
+
+The supervisor owns signal handling. Workers ignore SIGINT: a terminal's Ctrl-C goes to
+the whole foreground process group, and a worker that stopped on it by itself would race
+the supervisor (which would see an exit it did not ask for). Workers are forked with
+SIGTERM and SIGHUP blocked and unblock them once their loop handles them, so a signal
+that arrives while a worker starts waits for it instead of killing it. A worker that
+exits while the supervisor shuts down is never restarted.
 
 Signals are turned into bytes on a pipe (`signal.set_wakeup_fd`) and handled in a
 plain select loop: the supervisor has no event loop and no threads, so forking
@@ -31,6 +38,10 @@ log = logging.getLogger("uniws.supervisor")
 
 _RESTART_MIN, _RESTART_MAX, _STABLE_AFTER, _STARTUP_GRACE = 0.1, 5.0, 10.0, 5.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Blocked across fork: the child must not run the supervisor's handlers (they write to its
+# wakeup pipe), and the worker's loop takes SIGTERM/SIGHUP over from the pending set.
+_DEFERRED = {signal.SIGTERM, signal.SIGHUP}
 
 
 class Supervisor:
@@ -49,9 +60,11 @@ class Supervisor:
     # -- workers ---------------------------------------------------------------------------
 
     def _spawn(self, index: int, restarted: bool = False) -> None:
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         pid = os.fork()
         if pid == 0:
             self._become_worker(index, restarted)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         self.pids[pid] = index
         self.started[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, pid)
@@ -62,6 +75,9 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             for sig in _SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)     # the terminal's; the supervisor relays it
+            # SIGTERM/SIGHUP stay blocked until run() handles them (server.py).
+            signal.pthread_sigmask(signal.SIG_SETMASK, _DEFERRED)
             os.close(self._wake_r)
             os.close(self._wake_w)
             from .server import run_worker
@@ -142,9 +158,11 @@ class Supervisor:
                 timeout = max(0.0, min(self.restart_at.values()) - time.monotonic())
             ready, _, _ = select.select([self._wake_r], [], [], timeout)
             signals = os.read(self._wake_r, 256) if ready else b""
+            # A stop signal wins over anything read with it: a worker exit seen in the same
+            # batch is part of the shutdown, not a crash to restart.
+            if any(sig in _STOP_SIGNALS for sig in signals):
+                return self._shutdown()
             for sig in signals:
-                if sig in (signal.SIGINT, signal.SIGTERM):
-                    return self._shutdown()
                 if sig == signal.SIGHUP:
                     self._reload()
                 elif sig == signal.SIGCHLD:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from urllib.parse import parse_qs
 
 from picows.picows import WSAutoPingStrategy, WSProtocol
@@ -125,10 +126,43 @@ class OriginCheck:
         return any(match(origin) for match in self.matchers)
 
 
+class OriginRefusalLog:
+    """Info lines for refused origins, so `allowed_origins: []` (every browser refused) is
+    visible: at most one line per origin per `period` seconds and `burst` lines per period in
+    all, so a flood of made-up origins cannot fill the log; the next line counts the rest."""
+
+    def __init__(self, period: float = 60.0, burst: int = 10, clock=time.monotonic) -> None:
+        self.period, self.burst, self.clock = period, burst, clock
+        self.last: dict[str, float] = {}           # origin -> when it was last logged
+        self.window_start = -period
+        self.in_window = 0
+        self.unlogged = 0
+
+    def refused(self, origin: str, allowed: list[str]) -> None:
+        now = self.clock()
+        if now - self.window_start >= self.period:
+            self.window_start, self.in_window = now, 0
+            self.last = {o: t for o, t in self.last.items() if now - t < self.period}
+        seen = self.last.get(origin)
+        if self.in_window >= self.burst or (seen is not None and now - seen < self.period):
+            self.unlogged += 1
+            return
+        self.last[origin] = now
+        self.in_window += 1
+        shown = "".join(c if c.isprintable() else "?" for c in origin[:200])    # a header, not a log line
+        fields = {"origin": shown, "allowed_origins": allowed}
+        if self.unlogged:
+            fields["refusals_not_logged"], self.unlogged = self.unlogged, 0
+        log.info('origin refused: add it to the "allowed_origins" option to accept browsers from it',
+                 extra={"fields": fields})
+
+
 class UniWebSocket:
     def __init__(self, node, cfg) -> None:
         self.node = node
         self.origins = OriginCheck(list(cfg.allowed_origins))
+        self.allowed_origins = list(cfg.allowed_origins)
+        self.origin_log = OriginRefusalLog()
         limit = cfg.uni_websocket_message_size_limit
         # picows refuses a single frame over this before buffering it; whole-message
         # size (fragments) is checked by Conn. 2**62 stands for "no limit".
@@ -148,7 +182,9 @@ class UniWebSocket:
             return 405
         if "13" not in _tokens(headers.get("sec-websocket-version", "")):
             return 400
-        if not self.origins.allowed(headers.get("origin", "")):
+        origin = headers.get("origin", "")
+        if not self.origins.allowed(origin):
+            self.origin_log.refused(origin, self.allowed_origins)
             return 403
         if not headers.get("sec-websocket-key", "").strip():
             return 400

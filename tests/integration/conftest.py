@@ -26,7 +26,8 @@ def free_port() -> int:
 class Server:
     """A running `uniws -c config.json` process."""
 
-    def __init__(self, tmp: Path, config: dict, env: dict | None = None, args: list[str] | None = None):
+    def __init__(self, tmp: Path, config: dict, env: dict | None = None, args: list[str] | None = None,
+                 new_session: bool = False):
         self.port = free_port()
         self.config = {"token_hmac_secret_key": "secret", "api_key": "apikey", "uni_websocket": True,
                        "health": True, "workers": 1, **config}
@@ -36,8 +37,9 @@ class Server:
         self._log = open(self.log_path, "wb")
         cmd = [sys.executable, "-m", "uniws", "-c", str(self.path), "--address", "127.0.0.1",
                "--port", str(self.port), *(args or [])]
+        # new_session: its own process group, as a shell job is (for signals sent to the group).
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, start_new_session=new_session)
         self._wait_ready()
 
     @property

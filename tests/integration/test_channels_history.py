@@ -207,7 +207,7 @@ def test_history_meta_ttl_removes_stream_metadata(start_server):
     while time.monotonic() < deadline:
         result = api(server, "history", {"channel": "m", "limit": 0})["result"]
         assert (result["epoch"], result["offset"]) == (old_epoch, 2)
-        time.sleep(0.1)
+        time.sleep(0.1)                  # pacing the reads over the span, not waiting for an event
     # Left alone, the stream disappears (`info` does not touch streams) ...
     wait_for(lambda: engine_metric(server) == 0, timeout=10, what="stream metadata expiry")
     # ... and the next access creates a new one: new epoch, top 0.

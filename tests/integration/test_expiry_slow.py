@@ -104,6 +104,7 @@ def test_slow_client_is_closed_with_3008(start_server):
     wait_for(lambda: channel_clients(server, "big") == 1, timeout=30, what="slow client unsubscribed")
     # Reading at last (within the write timeout): an in-order prefix of the stream, 3008, EOF.
     texts = slow.read_all_texts()
+    slow.close()
     assert texts[-1] == SLOW
     seqs = [json.loads(t)["data"]["data"]["seq"] for t in texts[:-1]]
     assert seqs == list(range(len(seqs))) and len(seqs) < count

@@ -158,10 +158,8 @@ def test_client_close_frame_is_echoed(start_server):
 def test_pings_are_empty_messages(start_server):
     server = start_server({"uni_websocket_ping_interval": "1s"})
     client, _ = connect_push(server)
-    started = time.monotonic()
     assert client.recv(timeout=3) == ""
     assert client.recv(timeout=3) == ""
-    assert time.monotonic() - started < 3.5
 
 
 def test_stale_connection_gets_3502(start_server):
@@ -187,11 +185,22 @@ def test_dead_peer_is_closed(start_server):
     """A peer that never answers pings is closed after the read deadline."""
     server = start_server({"uni_websocket_ping_interval": "1s"})
     sock = _raw_handshake(server.port)
-    started = time.monotonic()
-    sock.settimeout(10)
-    while sock.recv(65536):              # read pings, never pong
-        pass
-    assert time.monotonic() - started < 6
+    sock.settimeout(10)                  # far beyond the ~2 s read deadline: a timeout fails the test
+    with sock:
+        while sock.recv(65536):          # read pings, never pong
+            pass
+
+
+def test_refused_origin_is_logged_once_with_the_option_to_set(start_server):
+    server = start_server({"allowed_origins": []})
+    base = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version": "13", "Origin": "https://app.example"}
+    for _ in range(3):
+        r = requests.get(server.ws_url.replace("ws://", "http://"), headers=base, timeout=5)
+        assert r.status_code == 403
+    lines = [json.loads(line) for line in server.log().splitlines() if "origin refused" in line]
+    assert [(e["level"], e["origin"], e["allowed_origins"]) for e in lines] == [("info", "https://app.example", [])]
+    assert '"allowed_origins"' in lines[0]["message"]
 
 
 @pytest.mark.parametrize("headers, method, status", [
@@ -253,6 +262,31 @@ def test_graceful_shutdown_sends_3001(start_server):
     assert "Traceback" not in server.log()
 
 
+def test_ctrl_c_to_the_process_group_stops_every_worker_once(start_server):
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group: the workers
+    ignore it and stop on the supervisor's word, so nothing is restarted and every client of
+    both workers gets the shutdown disconnect."""
+    server = start_server({"workers": 2}, new_session=True)
+    clients = [connect_push(server, user=f"u{i}")[0] for i in range(8)]
+    os.killpg(server.proc.pid, signal.SIGINT)
+    for client in clients:
+        assert client.until_closed() == ['{"type":7,"data":{"code":3001,"reason":"shutdown","reconnect":true}}']
+    assert server.proc.wait(10) == 0
+    log = server.log()
+    assert "restarting" not in log and "Traceback" not in log, log
+
+
+def test_sigterm_while_workers_are_starting_is_a_clean_shutdown(start_server):
+    """SIGTERM as soon as the first worker listens: the others are still starting. Each waits
+    until its loop can shut down cleanly (it used to die of the signal, and the supervisor
+    exited 1)."""
+    server = start_server({"workers": 4})
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(15) == 0, server.log()
+    log = server.log()
+    assert "restarting" not in log and "Traceback" not in log, log
+
+
 def test_health_endpoint(start_server):
     server = start_server()
     r = requests.get(server.base + "/health", timeout=5)
@@ -263,9 +297,9 @@ def test_no_tracebacks_after_bad_inputs(start_server):
     server = start_server()
     for first in ["hello", "null", '{"token":"x"}', "x" * 70000]:
         UniClient(server.ws_url, first).until_closed()
-    s = socket.create_connection(("127.0.0.1", server.port))
-    s.sendall(b"GARBAGE\r\n\r\n")
-    assert s.recv(100).startswith(b"HTTP/1.1 400")
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"GARBAGE\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
     client, push = connect_push(server)
     assert push["type"] == 6
     assert "Traceback" not in server.log()

@@ -1,8 +1,9 @@
-"""The seed scenario with the real wscat CLI (installed from npm by the fixture) and curl-style API calls."""
+"""The seed scenario with the real wscat CLI (installed into tests/.deps by .ci/deps) and curl-style API calls."""
 
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import time
 from pathlib import Path
@@ -16,11 +17,19 @@ DEPS = Path(__file__).resolve().parents[1] / ".deps"
 @pytest.fixture(scope="session")
 def wscat() -> str:
     binary = DEPS / "node_modules" / ".bin" / "wscat"
-    if not binary.exists():
-        DEPS.mkdir(exist_ok=True)
-        subprocess.run(["npm", "install", "--prefix", str(DEPS), "--no-audit", "--no-fund", "wscat@6"],
-                       check=True, capture_output=True, timeout=300)
+    if not binary.exists():          # installed before the tests, never downloaded mid-test
+        pytest.fail(f"wscat is not installed in {DEPS}: run .ci/deps (the README's test command does)")
     return str(binary)
+
+
+def read_line(stream, timeout: float) -> str:
+    """The next line a child process prints, waiting at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, "no line from wscat"
+        if select.select([stream], [], [], left)[0]:
+            return stream.readline()
 
 
 def run_uniws(*args: str, cwd: Path) -> str:
@@ -42,7 +51,7 @@ def test_seed_scenario_with_wscat(wscat, tmp_path, start_server):
         [wscat, "-c", server.ws_url, "-x", json.dumps({"token": token, "subs": {"abc": {}}}), "-w", "4"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)
+        first = read_line(session.stdout, timeout=10)       # the connect push: subscribed now
         key = config["api_key"]
         r = requests.post(server.base + "/api", headers={"Authorization": f"apikey {key}"},
                           data=json.dumps({"method": "publish", "params": {"channel": "abc", "data": {"text": "hello"}}}))
@@ -51,9 +60,12 @@ def test_seed_scenario_with_wscat(wscat, tmp_path, start_server):
                           json={"channel": "#test_user", "data": {"text": "personal"}})
         assert r.json() == {"result": {}}
         session.wait(timeout=20)          # closing stdin would end wscat early: let -w run out
-        out = session.stdout.read()
+        out = first + session.stdout.read()
     finally:
         session.kill()
+        session.wait()
+        for stream in (session.stdin, session.stdout, session.stderr):
+            stream.close()
     lines = out.splitlines()
     connect = json.loads(lines[0])
     assert connect["type"] == 6

@@ -10,7 +10,9 @@ from websockets.sync.client import connect
 
 class UniClient:
     def __init__(self, url: str, first: str | bytes | dict | None = None, **kwargs) -> None:
-        self.ws = connect(url, compression=None, max_size=None, open_timeout=10, ping_interval=None, **kwargs)
+        # Entered as a context manager (websockets >= 17.1 warns otherwise); close() exits it.
+        self.ws = connect(url, compression=None, max_size=None, open_timeout=10, ping_interval=None,
+                          **kwargs).__enter__()
         self.close_frame = None
         if first is not None:
             self.send(first)

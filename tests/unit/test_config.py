@@ -657,9 +657,33 @@ def test_unknown_option_is_a_warning(tmp_path: Path) -> None:
 
 
 def test_unsupported_option_warns_only_when_changed(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.json", '{"admin": true, "sockjs": false, "redis_prefix": "centrifugo"}')
+    path = write(tmp_path, "c.json", '{"prometheus": true, "sockjs": false, "redis_prefix": "centrifugo"}')
     _, warnings = load_config(path, {}, {})
-    assert warnings == ['option "admin" is not supported yet and is ignored']
+    assert warnings == ['option "prometheus" is not supported yet and is ignored']
+
+
+@pytest.mark.parametrize("name", sorted(n for n in OPTIONS if n.startswith(("tls", "admin", "sockjs"))
+                                        and n not in ("admin_password", "admin_secret")))
+def test_unsupported_security_option_refuses_to_start(tmp_path: Path, name: str) -> None:
+    """A server that would run plain HTTP while its config asks for TLS (or an admin UI, or
+    SockJS) must not start: every such option, set to anything but its default, is fatal."""
+    value = {"bool": True, "str": "x", "int": 1}.get(OPTIONS[name].kind, "1s")
+    for source in ({"file": {name: value}}, {"env": {f"UNIWS_{name.upper()}": str(value).lower()}},
+                   {"flag": {name: value}}):
+        path = write(tmp_path, "c.json", json.dumps(source.get("file", {})))
+        with pytest.raises(ConfigError) as info:
+            load_config(path, source.get("env", {}), source.get("flag", {}))
+        assert info.value.message.startswith(f'option "{name}" refused: '), info.value.message
+    # The default value is fine (a Centrifugo config may spell out "tls": false).
+    if OPTIONS[name].kind != "dur":
+        assert load_config(None, {}, {name: OPTIONS[name].default})
+
+
+def test_admin_credentials_from_a_centrifugo_genconfig_only_warn(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.json", '{"admin_password": "p", "admin_secret": "s"}')
+    _, warnings = load_config(path, {}, {})
+    assert warnings == ['option "admin_password" is not supported yet and is ignored',
+                        'option "admin_secret" is not supported yet and is ignored']
 
 
 def test_insecure_modes_warn() -> None:
