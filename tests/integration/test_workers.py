@@ -205,6 +205,7 @@ class Publisher(threading.Thread):
         self.server, self.channel, self.period = server, channel, 1.0 / rate
         self.stop = threading.Event()
         self.last_offset = 0
+        self.published = 0                 # publications answered with success
 
     def run(self) -> None:
         n = 0
@@ -216,7 +217,8 @@ class Publisher(threading.Thread):
                 reply = {}
             if "result" in reply:          # an error (the owner died meanwhile) is not published
                 self.last_offset = reply["result"]["offset"]
-            time.sleep(self.period)
+                self.published += 1
+            time.sleep(self.period)        # the publishing rate, not a wait for an event
 
 
 @pytest.mark.parametrize("victim", ["other", "owner"])
@@ -228,14 +230,13 @@ def test_kill_9_of_a_worker_under_load(start_server, victim):
     publisher = Publisher(server, channel, rate=100)
     publisher.start()
     try:
-        time.sleep(0.5)
+        wait_for(lambda: publisher.published >= 30)                 # under load when the worker dies
         pids = worker_pids(server)
         index = owner if victim == "owner" else (owner + 1) % 4
         os.kill(pids[index], signal.SIGKILL)
-        killed_at = time.monotonic()
-        wait_for(lambda: worker_pids(server).get(index, pids[index]) != pids[index], timeout=5)
-        assert time.monotonic() - killed_at < 2.0                   # restarted within 2 s
-        time.sleep(1.0)
+        wait_for(lambda: worker_pids(server).get(index, pids[index]) != pids[index], timeout=5)   # restarted
+        restarted_with = publisher.published
+        wait_for(lambda: publisher.published >= restarted_with + 50)  # and publishing goes on after it
     finally:
         publisher.stop.set()
         publisher.join()
@@ -388,7 +389,7 @@ def test_publication_posted_to_a_stopped_owner_is_answered_with_an_error(start_s
         for thread in threads:
             thread.start()
         wait_for(lambda: answers, timeout=20)
-        time.sleep(0.5)                              # the other early answers, if any
+        time.sleep(0.5)     # more early answers to check, if any: fewer only check less, never fail
     finally:
         resumed_at = time.monotonic()
         os.kill(pid, signal.SIGCONT)
