@@ -532,6 +532,10 @@ class Api:
             name = path[len(self._route_base) :] if path.startswith(self._route_base) else ""
             if name != "batch" and name not in _V5_ROUTES:
                 return _text_response(404, b"404 page not found\n")
+        return self._refusal(method, query, headers)
+
+    def _refusal(self, method: str, query: str, headers: Mapping[str, str]) -> Response | None:
+        """Method, key and shutdown, in the order of 06 §2.1: the answer, or None to go on."""
         if method != "POST":
             return _empty_response(405)
         if not self._authorized(query, headers):
@@ -569,15 +573,10 @@ class Api:
 
     def _precheck(self, method: str, query: str, headers: Mapping[str, str], body: bytes) -> Response | None:
         """Checks shared by both formats, in the order of 06 §2.1."""
-        if method != "POST":
-            return _empty_response(405)
-        if not self._authorized(query, headers):
-            return _empty_response(401)
-        if self._node.shutting_down:
-            return _empty_response(503)
-        if not body:
+        refusal = self._refusal(method, query, headers)
+        if refusal is None and not body:
             return _bad_request()
-        return None
+        return refusal
 
     # -- authentication (06 §2.2) --------------------------------------------------------
 

@@ -38,18 +38,22 @@ def run_with_small_shm(tmp_path, workers: int, size: str = "40m", port: int | No
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def test_too_small_dev_shm_stops_at_startup_naming_the_size(tmp_path):
     proc = run_with_small_shm(tmp_path, workers=2, size="6m")
     try:
         output, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:                   # it started instead: stop it and its workers
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(proc)                               # if it started instead: it and its workers
     assert proc.returncode == 1, output
     assert "needs 64.0 MiB of shared memory in /dev/shm/uniws-bus-" in output and "only 6.0 MiB is free" in output
     assert "2 workers x 32.0 MiB ring each" in output and "--shm-size=" in output
@@ -88,9 +92,4 @@ def test_docker_sized_dev_shm_serves_with_smaller_rings(tmp_path):
             assert all("result" in json.loads(line) for line in reply.text.splitlines()), reply.text
         assert proc.poll() is None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
