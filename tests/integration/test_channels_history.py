@@ -243,9 +243,11 @@ def test_many_short_lived_channels_leave_no_streams(start_server):
     wait_for(lambda: engine_metric(server) == 0, timeout=20, interval=0.2, what="second wave expiry")
     after2 = rss_bytes(pid)
     grown1 = peak1 - baseline
-    # The second wave reuses the memory the first one released: growth stays a small part
-    # of what one wave costs (a leak would add about a whole wave).
-    assert after2 - after1 < max(grown1 // 4, 8 << 20), (baseline, peak1, after1, after2)
+    # The second wave reuses the memory the first one released: a leak would add about a whole
+    # wave. Not all of it comes back: on a loaded machine a wave outlasts history_meta_ttl, so
+    # expiry interleaves with creation and fragments the heap (seen: 35 MB of a 92 MB wave, in
+    # 2 of 5 full runs beside two CPU burners), hence half a wave as the bound.
+    assert after2 - after1 < max(grown1 // 2, 8 << 20), (baseline, peak1, after1, after2)
     # The channels are really gone: a read creates a fresh stream.
     assert api(server, "history", {"channel": "w1-5", "limit": -1})["result"]["offset"] == 0
 
