@@ -36,22 +36,35 @@ async def _open(port: int):
     return await asyncio.open_connection("127.0.0.1", port)
 
 
-async def _chunked(port: int, stop: asyncio.Event, key: str | None) -> int:
-    sent = 0
+async def _flood(port: int, stop: asyncio.Event, key: str | None, framing: str, piece: bytes,
+                 pause: float) -> int:
+    """POST /api bodies with `framing` (a header), writing `piece` every `pause` seconds until the
+    server closes; then again, until `stop`. Returns how many connections it opened."""
+    opened = 0
     auth = f"Authorization: apikey {key}\r\n" if key else ""
     while not stop.is_set():
         try:
             reader, writer = await _open(port)
-            writer.write(f"POST /api HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\n".encode())
+            opened += 1
+            writer.write(f"POST /api HTTP/1.1\r\nHost: x\r\n{auth}{framing}\r\n\r\n".encode())
             while not stop.is_set() and not reader.at_eof():
-                writer.write(b"1\r\nx\r\n" * 64)
+                writer.write(piece)
                 await writer.drain()
-                sent += 64
-                await asyncio.sleep(0)
+                await asyncio.sleep(pause)
             writer.close()
         except OSError:
             await asyncio.sleep(0.01)
-    return sent
+    return opened
+
+
+def _chunked(port: int, stop: asyncio.Event, key: str | None):
+    """1-byte chunks as fast as the socket takes them."""
+    return _flood(port, stop, key, "Transfer-Encoding: chunked", b"1\r\nx\r\n" * 64, 0)
+
+
+def _huge(port: int, stop: asyncio.Event, key: str | None):
+    """A 50 MB body announced, then trickled."""
+    return _flood(port, stop, key, "Content-Length: 50000000", b"x" * 1024, 0.05)
 
 
 async def _trickle(port: int, stop: asyncio.Event) -> int:
@@ -70,24 +83,6 @@ async def _trickle(port: int, stop: asyncio.Event) -> int:
     except OSError:
         pass
     return lines
-
-
-async def _huge(port: int, stop: asyncio.Event, key: str | None) -> int:
-    attempts = 0
-    auth = f"Authorization: apikey {key}\r\n" if key else ""
-    while not stop.is_set():
-        try:
-            reader, writer = await _open(port)
-            attempts += 1
-            writer.write(f"POST /api HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 50000000\r\n\r\n".encode())
-            while not stop.is_set() and not reader.at_eof():
-                writer.write(b"x" * 1024)
-                await writer.drain()
-                await asyncio.sleep(0.05)
-            writer.close()
-        except OSError:
-            await asyncio.sleep(0.01)
-    return attempts
 
 
 async def _probe(port: int, stop: asyncio.Event) -> tuple[list[float], int]:
