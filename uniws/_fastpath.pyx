@@ -18,7 +18,7 @@ from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
-from picows.picows cimport MemoryBuffer, WSFrame, WSListener, WSMsgType, WSTransport
+from picows.picows cimport MemoryBuffer, WSFrame, WSMsgType, WSTransport
 
 cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
@@ -134,29 +134,7 @@ cdef class Conn(WSListener):
     `client_queue_max_size` accounting in one place.
     """
 
-    cdef public object node          # the worker's Node: conn_open / conn_message / conn_lost
-    cdef public WSTransport ws
-    cdef object tr                   # the asyncio transport under picows
-    cdef int fd
-    cdef list chunks                 # frames pending for this loop turn, or None
-    cdef public Py_ssize_t pending   # bytes in `chunks`
-    cdef public Py_ssize_t buffered  # bytes the asyncio transport still held after the last flush
-    cdef public double blocked_since # when `buffered` last became non-zero (write timeout)
-    cdef public Py_ssize_t size_limit
-    cdef Py_ssize_t msg_size         # size of the data message being received
-    cdef list fragments              # parts of a fragmented connect message
-    cdef public int state
-    cdef public bint v2
-    cdef public double last_pong
-    # Client identity and subscriptions (owned by node.py).
-    cdef public str client_id
-    cdef public str session
-    cdef public str user
-    cdef public object info          # compact conn_info JSON or None
-    cdef public dict channels        # channel -> subscription state
-    cdef public object connect_request   # pre-parsed `cf_connect` request, or None
-    cdef public long long expire_at
-    cdef public object close_reason  # Disconnect chosen by the server, once closing
+    # Fields: see _fastpath.pxd.
 
     def __cinit__(self):
         self.fd = -1
@@ -250,7 +228,7 @@ cdef class Conn(WSListener):
         self._note_buffered()
         return 0
 
-    cdef inline void _note_buffered(self):
+    cdef void _note_buffered(self):
         cdef Py_ssize_t before = self.buffered
         self.buffered = self.tr.get_write_buffer_size()
         if self.buffered and not before:
@@ -290,13 +268,7 @@ cdef class Conn(WSListener):
 cdef class Fanout:
     """Per-worker output scheduler: coalesce frames per client, flush once per loop turn."""
 
-    cdef list dirty
-    cdef bint scheduled
-    cdef object call_soon
-    cdef object flush_cb
-    cdef public Py_ssize_t queue_max
-    cdef public list slow            # clients over client_queue_max_size, for node.py to close
-    cdef public object on_slow       # callable() run after a flush that found slow clients
+    # Fields: see _fastpath.pxd.
 
     def __init__(self, loop, Py_ssize_t queue_max, on_slow):
         self.dirty = []
@@ -306,7 +278,7 @@ cdef class Fanout:
         self.queue_max = queue_max
         self.on_slow = on_slow
 
-    cdef inline int _enqueue(self, Conn c, bytes frame) except -1:
+    cdef int _enqueue(self, Conn c, bytes frame) except -1:
         if c.state == CLOSED or c.close_reason is not None:
             return 0
         if c.chunks is None:
@@ -365,13 +337,7 @@ cdef class PingWheel:
     from their slot lazily when it is next visited.
     """
 
-    cdef list slots
-    cdef Py_ssize_t current
-    cdef Fanout fanout
-    cdef public double deadline      # seconds without a pong before a peer counts as dead
-    cdef public double write_timeout # seconds a socket may refuse our output
-    cdef public list dead
-    cdef public list stuck           # connections over the write timeout
+    # Fields: see _fastpath.pxd.
 
     def __init__(self, Fanout fanout, Py_ssize_t nslots, double deadline, double write_timeout):
         self.slots = [[] for _ in range(max(1, nslots))]

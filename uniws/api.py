@@ -24,7 +24,6 @@ import orjson
 from uniws import jsonexact
 from uniws.jsonexact import dumps as _dumps
 from uniws.eager import run_eager
-from uniws.engine.base import position_of
 from uniws.errors import ApiError, Disconnect
 
 Response = tuple[int, list[tuple[str, str]], bytes]
@@ -484,16 +483,19 @@ _PIPELINE_WINDOW = 1024     # commands of one request in flight at once
 
 
 async def _settled(reply: Any) -> bytes:
-    """The reply line of a command that did not finish at once: a coroutine or future of the
-    line, or (owner's barrier, command id) of a posted publish (many share one barrier)."""
+    """The reply line of a command that did not finish at once: a coroutine of the line, or
+    (future of the position, command id) of a publish that waits for its engine."""
     if type(reply) is not tuple:
         return await reply
-    barrier, command_id = reply
+    position, command_id = reply
     try:
-        await barrier
+        offset, epoch = await position
     except ApiError as error:
         return _v3_error_reply(command_id, error.code, error.message)
-    return _v3_reply(command_id, {})
+    except Exception:
+        logging.getLogger("uniws.api").exception("API method publish failed")
+        return _v3_error_reply(command_id, 100, "internal server error")
+    return _v3_reply(command_id, _publish_result(offset, epoch))
 
 
 class Api:
@@ -503,7 +505,7 @@ class Api:
         self, node: Any, *, api_key: str, api_insecure: bool, handler_prefix: str = "/api", error_mode: str = ""
     ) -> None:
         self._node = node
-        self._pipelined = getattr(node, "cluster", None) is not None
+        self._pipelined = getattr(node, "pipelined", False)
         self._api_key = api_key.encode("utf-8", "surrogatepass")
         self._api_insecure = api_insecure
         self._prefix = _normalise_prefix(handler_prefix)
@@ -732,30 +734,18 @@ class Api:
             return _v3_error_reply(command_id, error.code, error.message)
         return command_id, method, request
 
-    def _publish_now(self, command_id: int, request: PublishRequest) -> bytes | tuple | Any:
-        """A publish's reply line when the node publishes at once; (future, command id) when it
-        was posted to the channel's owner (the reply waits for the owner's barrier); else a
-        coroutine of the reply line."""
+    def _publish_now(self, command_id: int, request: PublishRequest) -> bytes | tuple:
+        """A publish's reply line when the engine finished at once, else (future of the
+        position, command id): no coroutine per publish either way."""
         try:
             if not request.channel:
                 raise ApiError(107)
             payload = _decode_payload(request.data, request.b64data)
-            outcome = self._node.publish_now(request.channel, payload, skip_history=request.skip_history,
-                                             tags=request.tags)
-        except ApiError as error:
-            return _v3_error_reply(command_id, error.code, error.message)
-        except Exception:
-            self._logger.exception("API method publish failed")
-            return _v3_error_reply(command_id, 100, "internal server error")
-        if type(outcome) is tuple:
-            return _v3_reply(command_id, _publish_result(*outcome))
-        if isinstance(outcome, asyncio.Future):
-            return outcome, command_id        # many share this barrier: no coroutine each
-        return self._finish_publish(command_id, outcome)
-
-    async def _finish_publish(self, command_id: int, outcome: Any) -> bytes:
-        try:
-            offset, epoch = await position_of(outcome)
+            position = self._node.publish_now(request.channel, payload, skip_history=request.skip_history,
+                                              tags=request.tags)
+            if not position.done():
+                return position, command_id
+            offset, epoch = position.result()
         except ApiError as error:
             return _v3_error_reply(command_id, error.code, error.message)
         except Exception:
@@ -873,16 +863,16 @@ class Api:
         if not channel:
             return {"error": _error_object(107, "bad request")}
         try:
-            outcome = self._node.publish_now(channel, payload, skip_history=request.skip_history, tags=request.tags)
+            position = self._node.publish_now(channel, payload, skip_history=request.skip_history, tags=request.tags)
+            if not position.done():
+                return self._finish_one(channel, position)
+            return {"result": _publish_result(*position.result())}
         except Exception as exc:
             return self._broadcast_error(channel, exc)
-        if type(outcome) is tuple:
-            return {"result": _publish_result(*outcome)}
-        return self._finish_one(channel, outcome)
 
-    async def _finish_one(self, channel: str, outcome: Any) -> dict[str, Any]:
+    async def _finish_one(self, channel: str, position: asyncio.Future) -> dict[str, Any]:
         try:
-            offset, epoch = await position_of(outcome)
+            offset, epoch = await position
         except Exception as exc:
             return self._broadcast_error(channel, exc)
         return {"result": _publish_result(offset, epoch)}

@@ -19,6 +19,7 @@ requests, posts and answers: see rpc.py):
   P  publication   <QHHIHI> offset, len(channel), len(epoch), len(tags), requester + 1 (0: none),
                    request id + channel + epoch + tags + data; it is also the answer to the
                    requester's publish request, so a forwarded publish costs two messages, not three
+  J  join/leave    <BH>   1 join / 0 leave, len(channel) + channel + ClientInfo JSON
   C  command       <I>    len(json) + json + raw tail
 """
 
@@ -28,12 +29,12 @@ import asyncio
 import logging
 import struct
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import orjson
 
 from ._shmring import MessageTooLarge
-from .engine.base import Publication
+from .engine.base import NO_POSITION, Publication
 from .engine.memory import MemoryEngine
 from .errors import ApiError
 from .rpc import ANSWER, ANSWERED, FAILED, POST, REQUEST, Rpc, split
@@ -43,7 +44,30 @@ log = logging.getLogger("uniws.cluster")
 _PUB = struct.Struct("<QHHIHI")
 _CMD = struct.Struct("<I")
 _PUB_ITEM = struct.Struct("<QII")
+_JOIN_LEAVE = struct.Struct("<BH")
 _EPOCH_ROOM = 16                      # bytes kept for the epoch when sizing a broadcast
+
+
+class Worker(Protocol):
+    """What the cluster needs of its worker's node."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def interested(self, channel: str) -> bool: ...
+
+    def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None: ...
+
+    def handle_join_leave(self, channel: str, join: bool, info: bytes) -> None: ...
+
+    def channel_options(self, channel: str): ...          # raises ApiError
+
+    def answer_survey(self, op: str, args: dict) -> Any: ...
+
+    async def apply_command(self, args: dict, tail: bytes) -> None: ...
+
+    def reset_clients(self) -> None: ...
+
+    def run_soon(self, coro: Any) -> None: ...
 
 
 def owner_of(channel: str, count: int) -> int:
@@ -115,14 +139,14 @@ def run_now(coro):
 class Cluster:
     """The bus side of one worker: owner routing, surveys and commands."""
 
-    def __init__(self, node, index: int, count: int, local: MemoryEngine) -> None:
+    def __init__(self, node: Worker, index: int, count: int, local: MemoryEngine) -> None:
         self.node = node
         self.index = index
         self.count = count
         self.local = local
         self.bus = None                        # set by attach(); a Bus
         self.max_message = 0                   # the longest message the bus carries (attach)
-        self.rpc = Rpc(node.loop, self._serve)
+        self.rpc = Rpc(node.loop, self._serve, posted=NO_POSITION)
         self.overflows = 0
         self._publishing_for = (-1, 0)        # (worker, request id) of the publish being served
 
@@ -151,7 +175,7 @@ class Cluster:
                 log.warning("publication to %.80r refused: %d bytes are over the bus limit of %d bytes",
                             channel, size, self.max_message)
                 raise ApiError(100)
-        return self.local.publish(channel, data, opts, skip_history=skip_history, tags=tags)
+        return self.local.publish_now(channel, data, opts, skip_history=skip_history, tags=tags)
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
         """MemoryEngine callback on the owner: send to every other worker and deliver here."""
@@ -159,10 +183,20 @@ class Cluster:
         self.bus.broadcast(encode_pub(channel, epoch, pub, requester, request_id))
         self.node.handle_publication(channel, pub, epoch)
 
+    def handle_join_leave(self, channel: str, join: bool, info: bytes) -> None:
+        """Join or leave from here: every worker delivers it to its subscribers (none is
+        refused for size: the channel and info were accepted into the bus's limits at connect)."""
+        ch = channel.encode("utf-8", "surrogatepass")
+        try:
+            self.bus.broadcast(b"J" + _JOIN_LEAVE.pack(join, len(ch)) + ch + info)
+        except MessageTooLarge as exc:
+            log.warning("join/leave of %.80r not sent to the other workers: %s", channel, exc)
+        self.node.handle_join_leave(channel, join, info)
+
     # -- requests to other workers -------------------------------------------------------------
 
-    async def request(self, worker: int, op: str, args: dict, tail: bytes = b"") -> tuple[Any, bytes]:
-        return await self.rpc.request(worker, op, args, tail)
+    def request(self, worker: int, op: str, args: dict, tail: bytes = b"", shape=None) -> asyncio.Future:
+        return self.rpc.request(worker, op, args, tail, shape)
 
     async def survey(self, op: str, args: dict) -> list[Any]:
         """Ask every other worker; their answers in worker order."""
@@ -196,10 +230,15 @@ class Cluster:
             self.rpc.on_request(sender, message)
         elif kind == ANSWER or kind == FAILED:
             self.rpc.on_answer(message)
+        elif kind == 0x4A:                    # J
+            join, n_ch = _JOIN_LEAVE.unpack_from(message, 1)
+            start = 1 + _JOIN_LEAVE.size
+            channel = message[start:start + n_ch].decode("utf-8", "surrogatepass")
+            if self.node.interested(channel):
+                self.node.handle_join_leave(channel, bool(join), message[start + n_ch:])
         elif kind == 0x43:                    # C
             _, args, tail = split(message, _CMD)
-            task = self.node.loop.create_task(self.node.apply_command(args, tail))
-            self.node.track(task)
+            self.node.run_soon(self.node.apply_command(args, tail))
 
     def on_bus_gap(self, sender: int) -> None:
         """We fell a whole ring behind `sender`: our clients may have missed publications."""
@@ -227,9 +266,7 @@ class Cluster:
     # -- what an owner serves ------------------------------------------------------------------
 
     async def _op_publish(self, args: dict, data: bytes) -> tuple[Any, bytes]:
-        opts = self.node.rules.options(args["channel"])
-        if opts is None:
-            raise ApiError(102)
+        opts = self.node.channel_options(args["channel"])
         offset, epoch = self.publish_local(args["channel"], data, opts, skip_history=args["skip_history"],
                                            tags=args.get("tags"))
         return [offset, epoch], b""
@@ -253,69 +290,11 @@ class Cluster:
     # -- what every worker serves for surveys ----------------------------------------------------
 
     async def _op_presence(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
-        return self.node.local_presence(args["channel"]), b""
+        members = await self.local.presence(args["channel"])       # this worker's connections
+        return {client: orjson.Fragment(info) for client, info in members.items()}, b""
 
     async def _op_channels(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
-        return self.node.local_channels(args["pattern"]), b""
+        return self.node.answer_survey("channels", args), b""
 
     async def _op_stats(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
-        return self.node.stats(), b""
-
-
-async def _position(answer: asyncio.Future) -> tuple[int, str]:
-    (offset, epoch), _ = await answer
-    return offset, epoch
-
-
-class ShardedEngine:
-    """The engine interface over channel owners: local calls for owned channels, requests otherwise."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self.local = cluster.local
-
-    def _remote(self, channel: str) -> int | None:
-        owner = self.cluster.owner(channel)
-        return None if owner == self.cluster.index else owner
-
-    def publish(self, channel, data, opts, *, skip_history=False, tags=None):
-        """(offset, epoch) for a channel owned here; a Future done when the owner has served a
-        post (its result is not the position; it fails with the owner's error); else a
-        coroutine of (offset, epoch). Whatever goes to the owner is sent before this returns,
-        so calls reach it in call order."""
-        owner = self._remote(channel)
-        if owner is None:
-            return self.cluster.publish_local(channel, data, opts, skip_history=skip_history, tags=tags)
-        args = {"channel": channel, "skip_history": skip_history, "tags": tags}
-        if skip_history or not opts.history_enabled:
-            # No position to answer with: post it, and wait only for the turn's barrier, so a
-            # batch to history-less channels costs one answer per owner instead of one each.
-            return self.cluster.rpc.post(owner, "publish", args, data)
-        return _position(self.cluster.rpc.request(owner, "publish", args, data))
-
-    async def stream_top(self, channel):
-        owner = self._remote(channel)
-        if owner is None:
-            return await self.local.stream_top(channel)
-        (offset, epoch), _ = await self.cluster.request(owner, "stream_top", {"channel": channel})
-        return offset, epoch
-
-    async def history(self, channel, *, since, limit, reverse):
-        owner = self._remote(channel)
-        if owner is None:
-            return await self.local.history(channel, since=since, limit=limit, reverse=reverse)
-        (top, epoch), tail = await self.cluster.request(
-            owner, "history", {"channel": channel, "since": since, "limit": limit, "reverse": reverse})
-        return decode_pubs(tail), top, epoch
-
-    async def remove_history(self, channel):
-        owner = self._remote(channel)
-        if owner is None:
-            return await self.local.remove_history(channel)
-        await self.cluster.request(owner, "remove_history", {"channel": channel})
-
-    def sweep(self) -> None:
-        self.local.sweep()
-
-    def num_streams(self) -> int:
-        return self.local.num_streams()
+        return self.node.answer_survey("stats", args), b""

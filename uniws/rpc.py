@@ -60,13 +60,16 @@ def split(message: bytes, head: struct.Struct) -> tuple[tuple, Any, bytes]:
 
 
 class Rpc:
-    def __init__(self, loop: asyncio.AbstractEventLoop, serve: Serve, timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, serve: Serve, timeout: float = REQUEST_TIMEOUT,
+                 posted: Any = None) -> None:
         self.loop = loop
         self.serve = serve
         self.timeout = timeout
+        self.posted = posted                   # the result of a post that succeeded
         self.bus = None                        # set by attach(); a Bus
         self._next_id = 0
-        self._waiting: dict[int, asyncio.Future] = {}                 # request id -> future
+        # request id -> (future, shape: (result, tail) -> the future's result, or None for the pair)
+        self._waiting: dict[int, tuple[asyncio.Future, Callable | None]] = {}
         self._timeouts: collections.deque[tuple[float, int]] = collections.deque()   # FIFO: one timeout
         self._turn: dict[int, tuple[int, list]] = {}   # worker -> (barrier id, futures of this turn's posts)
         self._barriers: dict[int, list] = {}           # barrier id -> futures of the posts it confirms
@@ -88,20 +91,22 @@ class Rpc:
 
     # -- sending -------------------------------------------------------------------------------
 
-    def request(self, worker: int, op: str, args: dict, tail: bytes = b"") -> asyncio.Future:
-        """Send a request now (so it keeps its place in bus order); the future of (result, tail).
-        Raises ApiError(100), nothing sent, for a request too large for the bus."""
+    def request(self, worker: int, op: str, args: dict, tail: bytes = b"",
+                shape: Callable[[Any, bytes], Any] | None = None) -> asyncio.Future:
+        """Send a request now (so it keeps its place in bus order); the future of (result, tail),
+        or of `shape(result, tail)`. Raises ApiError(100), nothing sent, for a request too large
+        for the bus."""
         request_id = self._new_id()
         body = orjson.dumps({"op": op, **args})
         self._send(worker, b"R" + _REQ.pack(request_id, len(body)) + body + tail)
         future = self.loop.create_future()
-        self._waiting[request_id] = future
+        self._waiting[request_id] = (future, shape)
         self._timeouts.append((time.monotonic() + self.timeout, request_id))
         return future
 
     def post(self, worker: int, op: str, args: dict, tail: bytes = b"") -> asyncio.Future:
-        """Send a request answered only if it fails; its future is done (result None) when this
-        turn's barrier to `worker` is answered, or fails with the worker's error."""
+        """Send a request answered only if it fails; its future is done (result `posted`) when
+        this turn's barrier to `worker` is answered, or fails with the worker's error."""
         turn = self._turn.get(worker)
         barrier_id, index = (turn[0], len(turn[1])) if turn is not None else (self._new_id(), 0)
         body = orjson.dumps({"op": op, **args})
@@ -185,14 +190,21 @@ class Rpc:
                     if status:
                         future.set_exception(ApiError(status))
                     else:
-                        future.set_result(None)
+                        future.set_result(self.posted)
             return
-        future = self._waiting.pop(request_id, None)
-        if future is not None and not future.done():
-            if status:
-                future.set_exception(ApiError(status))
-            else:
-                future.set_result((result, tail))
+        waiting = self._waiting.pop(request_id, None)
+        if waiting is None:
+            return
+        future, shape = waiting
+        if future.done():
+            return
+        if status:
+            future.set_exception(ApiError(status))
+        else:
+            try:
+                future.set_result((result, tail) if shape is None else shape(result, tail))
+            except Exception as exc:             # an answer of the wrong shape
+                future.set_exception(exc)
 
     def stats(self) -> dict:
         return {"requests_waiting": len(self._waiting)}

@@ -397,3 +397,31 @@ def test_publication_posted_to_a_stopped_owner_is_answered_with_an_error(start_s
         thread.join()
     early = [answer for at, answer in answers if at < resumed_at]
     assert early and all(a == {"error": {"code": 100, "message": "internal server error"}} for a in early), answers
+
+
+def _wait_for_push(client: UniClient, push_type: int, user: str) -> dict:
+    """Read pushes until the Join/Leave (type 1/2) of `user`; earlier ones are skipped."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        push = client.recv_json(timeout=max(0.1, deadline - time.monotonic()))
+        if push.get("type") == push_type and push["data"]["info"]["user"] == user:
+            return push
+    raise AssertionError(f"no push {push_type} of {user}")
+
+
+def test_join_and_leave_reach_subscribers_on_every_worker(start_server):
+    server = start_server({**CONFIG, "join_leave": True})
+    watchers = []
+    for i in range(8):
+        watcher = UniClient(server.ws_url, {"token": server.token(f"w{i}"), "subs": {"room": {}}})
+        assert watcher.recv_json()["type"] == 6
+        watchers.append(watcher)
+    assert sum(1 for w in info(server)["workers"] if w["num_clients"]) >= 2   # they span workers
+    newcomer = UniClient(server.ws_url, {"token": server.token("newcomer"), "subs": {"room": {}}})
+    assert newcomer.recv_json()["type"] == 6
+    for watcher in watchers:
+        assert _wait_for_push(watcher, 1, "newcomer")["channel"] == "room"
+    newcomer.close()
+    for watcher in watchers:
+        assert _wait_for_push(watcher, 2, "newcomer")["channel"] == "room"
+        watcher.close()

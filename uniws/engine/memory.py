@@ -1,21 +1,26 @@
-"""In-process engine: channel streams (epoch, offsets, bounded history).
+"""In-process engine of one worker: channel streams (epoch, offsets, bounded history) and presence.
 
-Spec 05 §7 and 08 §8.2. Time comes from `clock` so expiry is testable; expired
-history and stream metadata are reclaimed by `sweep`, which the node calls once
-a second.
+Spec 05 §7 and 08 §8.2. Everything happens at once: futures are returned done and
+coroutines never suspend, which is what makes "read the stream top, then register in
+the hub" atomic inside one worker. Time comes from `clock` so expiry is testable;
+expired history and stream metadata are reclaimed by `sweep`, which the node calls
+once a second. There are no other nodes: control goes nowhere and surveys find no one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import string
 import time
 from collections import deque
 from typing import Callable
 
+import orjson
+
 from ..channels import ChannelOptions
 from ..errors import ApiError
-from .base import EngineHandler, Publication
+from .base import NO_POSITION, EngineHandler, Publication, done_future, failed_future
 
 _EPOCH_LETTERS = string.ascii_letters
 
@@ -37,12 +42,23 @@ class Stream:
 
 
 class MemoryEngine:
-    def __init__(self, handler: EngineHandler | None, *, history_meta_ttl: float = 0.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, handler: EngineHandler | None, loop: asyncio.AbstractEventLoop, *,
+                 history_meta_ttl: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self._handler = handler
+        self._loop = loop
         self._meta_ttl = history_meta_ttl
         self._clock = clock
         self._streams: dict[str, Stream] = {}
+        self._presence: dict[str, dict[str, bytes]] = {}     # channel -> client id -> ClientInfo JSON
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def healthy(self) -> str | None:
+        return None
 
     def set_handler(self, handler: EngineHandler) -> None:
         self._handler = handler
@@ -58,7 +74,16 @@ class MemoryEngine:
         return stream
 
     def publish(self, channel: str, data: bytes, opts: ChannelOptions, *,
-                skip_history: bool = False, tags: dict[str, str] | None = None) -> tuple[int, str]:
+                skip_history: bool = False, tags: dict[str, str] | None = None) -> asyncio.Future:
+        try:
+            position = self.publish_now(channel, data, opts, skip_history=skip_history, tags=tags)
+        except ApiError as exc:
+            return failed_future(self._loop, exc)
+        return done_future(self._loop, position)
+
+    def publish_now(self, channel: str, data: bytes, opts: ChannelOptions, *,
+                    skip_history: bool = False, tags: dict[str, str] | None = None) -> tuple[int, str]:
+        """`publish` without the future, for the sharded engine's owner (raises ApiError)."""
         pub = Publication(data, 0, tags or None)
         epoch = ""
         if opts.history_enabled and not skip_history:
@@ -71,7 +96,16 @@ class MemoryEngine:
             stream.expire_at = self._clock() + opts.history_ttl
             epoch = stream.epoch
         self._handler.handle_publication(channel, pub, epoch)
-        return pub.offset, epoch
+        return (pub.offset, epoch) if epoch else NO_POSITION
+
+    def publish_join_leave(self, channel: str, join: bool, info: bytes) -> None:
+        self._handler.handle_join_leave(channel, join, info)
+
+    async def subscribe(self, channel: str) -> None:
+        pass                            # publications are delivered in-process anyway
+
+    def unsubscribe(self, channel: str) -> None:
+        pass
 
     async def stream_top(self, channel: str) -> tuple[int, str]:
         stream = self._stream(channel)
@@ -103,6 +137,38 @@ class MemoryEngine:
         if stream is not None:
             stream.pubs.clear()
 
+    # -- presence (this worker's connections) -----------------------------------------------
+
+    async def add_presence(self, channel: str, client: str, info: bytes) -> None:
+        self._presence.setdefault(channel, {})[client] = info
+
+    async def remove_presence(self, channel: str, client: str) -> None:
+        members = self._presence.get(channel)
+        if members is not None:
+            members.pop(client, None)
+            if not members:
+                del self._presence[channel]
+
+    async def presence(self, channel: str) -> dict[str, bytes]:
+        return dict(self._presence.get(channel, ()))
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        return presence_counts(await self.presence(channel))
+
+    def num_presence_channels(self) -> int:
+        return len(self._presence)
+
+    # -- other nodes: none -------------------------------------------------------------------
+
+    def publish_control(self, op: str, args: dict) -> asyncio.Future:
+        return done_future(self._loop, None)
+
+    async def survey(self, op: str, args: dict) -> list:
+        return []
+
+    def nodes(self) -> list[dict]:
+        return []
+
     @staticmethod
     def _expire_history(stream: Stream, now: float) -> None:
         if stream.pubs and stream.expire_at and now >= stream.expire_at:
@@ -121,3 +187,9 @@ class MemoryEngine:
 
     def num_streams(self) -> int:
         return len(self._streams)
+
+
+def presence_counts(members: dict[str, bytes]) -> tuple[int, int]:
+    """(clients, distinct users) of a presence map."""
+    users = {orjson.loads(info).get("user", "") for info in members.values()}
+    return len(members), len(users)

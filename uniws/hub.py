@@ -1,0 +1,267 @@
+"""One worker's indexes of its connections, and the encode-once delivery into the Cython fan-out.
+
+The hub knows who is here: user -> connections, channel -> subscribers (v1 and v2
+clients apart, since their pushes differ), which subscribers are positioned, and the
+last position delivered on each channel. It owns no I/O: a publication is framed once
+per protocol version and handed to `Fanout.deliver`, which appends the same bytes to
+every subscriber's pending output in C.
+
+It also tells the engine when a channel gains its first subscriber here and loses its
+last, so a broker (Redis) carries only channels someone on this worker wants.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from . import codec
+from ._fastpath import CONNECTED, Conn, Fanout, pub_frame
+from .engine.base import Publication
+from .errors import INSUFFICIENT_STATE, Disconnect
+from .globmatch import compile_glob
+
+log = logging.getLogger("uniws.hub")
+
+# A member index maps a key (user, channel) to its connections. One connection is stored
+# as itself, several as a dict (insertion-ordered, O(1) removal): most users have one
+# connection and most personal channels one subscriber, so an idle client pays for no dict.
+Members = Conn | dict
+
+
+def add_member(index: dict, key: str, conn: Conn) -> None:
+    current = index.get(key)
+    if current is None:
+        index[key] = conn
+    elif type(current) is Conn:
+        if current is not conn:
+            index[key] = {current: None, conn: None}
+    else:
+        current[conn] = None
+
+
+def remove_member(index: dict, key: str, conn: Conn) -> None:
+    current = index.get(key)
+    if current is conn:
+        del index[key]
+    elif type(current) is dict:
+        current.pop(conn, None)
+        if len(current) == 1:
+            index[key] = next(iter(current))
+
+
+def each_member(value) -> Iterable[Conn]:
+    if value is None:
+        return ()
+    return (value,) if type(value) is Conn else value
+
+
+def count_members(value) -> int:
+    if value is None:
+        return 0
+    return 1 if type(value) is Conn else len(value)
+
+
+@dataclass(slots=True)
+class Subscription:
+    """One server-side subscription of a connection: effective options and channel info."""
+
+    presence: bool = False
+    join_leave: bool = False
+    recover: bool = False
+    position: bool = False
+    chan_info: bytes | None = None
+    data: bytes | None = None
+    expire_at: int = 0
+    epoch: str = ""           # stream position reported to the client (positioned only)
+    offset: int = 0
+
+    @property
+    def positioned(self) -> bool:
+        return self.recover or self.position
+
+
+Buffered = list[tuple[Publication, str]]
+
+
+class Hub:
+    def __init__(self, fanout: Fanout, drop: Callable[[Conn, Disconnect], None],
+                 first: Callable[[str], None], last: Callable[[str], None]) -> None:
+        self.fanout = fanout
+        self._drop = drop              # ends a connection (the session's disconnect)
+        self._first = first            # a channel got its first subscriber here
+        self._last = last              # ... and lost its last one
+        self.users: dict[str, Members] = {}
+        self.subs: dict[str, Members] = {}
+        self.subs_v2: dict[str, Members] = {}
+        # Positioned subscribers per channel, and the last (epoch, offset) this worker delivered
+        # on that channel: the live position check (05 §9) is one comparison per publication.
+        self.positioned: dict[str, dict[Conn, None]] = {}
+        self.positions: dict[str, tuple[str, int]] = {}
+        # Connections waiting for a stream position: publications arriving meanwhile are kept.
+        self.pending: dict[str, dict[Conn, Buffered]] = {}
+        # Channels this worker receives (subscribers or a connect waiting): the engine's count.
+        self._wanted: dict[str, int] = {}
+
+    # -- users -------------------------------------------------------------------------------
+
+    def add_user(self, conn: Conn) -> None:
+        add_member(self.users, conn.user, conn)
+
+    def remove_user(self, conn: Conn) -> None:
+        remove_member(self.users, conn.user, conn)
+
+    def user_connections(self, user: str) -> int:
+        return count_members(self.users.get(user))
+
+    def matching(self, user: str, client: str = "", session: str = "") -> list[Conn]:
+        """The user's live connections, narrowed to one client id or session when given."""
+        return [c for c in each_member(self.users.get(user))
+                if (not client or c.client_id == client) and (not session or c.session == session)
+                and c.close_reason is None and c.state == CONNECTED]
+
+    # -- channels --------------------------------------------------------------------------
+
+    def want(self, channel: str) -> None:
+        """Count an interest in the channel's publications (a subscriber or a connect waiting)."""
+        count = self._wanted.get(channel, 0)
+        self._wanted[channel] = count + 1
+        if not count:
+            self._first(channel)
+
+    def unwant(self, channel: str) -> None:
+        count = self._wanted.get(channel, 0) - 1
+        if count > 0:
+            self._wanted[channel] = count
+        elif count == 0:
+            del self._wanted[channel]
+            self._last(channel)
+
+    def add(self, conn: Conn, channel: str, sub: Subscription) -> None:
+        conn.channels[channel] = sub
+        add_member(self.subs_v2 if conn.v2 else self.subs, channel, conn)
+        self.want(channel)
+        if sub.positioned:
+            self.positioned.setdefault(channel, {})[conn] = None
+
+    def remove(self, conn: Conn, channel: str) -> Subscription | None:
+        sub = conn.channels.pop(channel, None)
+        if sub is None:
+            return None
+        remove_member(self.subs_v2 if conn.v2 else self.subs, channel, conn)
+        positioned = self.positioned.get(channel)
+        if positioned is not None:
+            positioned.pop(conn, None)
+            if not positioned:
+                del self.positioned[channel]
+                self.positions.pop(channel, None)
+        self.unwant(channel)
+        return sub
+
+    def begin_buffer(self, conn: Conn, channels: list[str]) -> None:
+        """Keep the channels' publications for `conn` until `end_buffer` (the caller wants them)."""
+        for channel in channels:
+            self.pending.setdefault(channel, {})[conn] = []
+
+    def end_buffer(self, conn: Conn, channels: list[str]) -> dict[str, Buffered]:
+        buffered = {}
+        for channel in channels:
+            waiting = self.pending.get(channel)
+            buffered[channel] = waiting.pop(conn, []) if waiting is not None else []
+            if not waiting:
+                self.pending.pop(channel, None)
+        return buffered
+
+    def interested(self, channel: str) -> bool:
+        """Whether a publication on `channel` has anyone to reach on this worker."""
+        return channel in self._wanted
+
+    def wanted_channels(self) -> list[str]:
+        return list(self._wanted)
+
+    def note_position(self, channel: str, epoch: str, offset: int) -> bool:
+        """A positioned subscriber caught up at (epoch, offset): False when this worker has
+        already delivered another position on the channel (the subscriber cannot be exact)."""
+        current = self.positions.get(channel)
+        if current is None:
+            self.positions[channel] = (epoch, offset)
+            return True
+        return current == (epoch, offset)
+
+    # -- delivery --------------------------------------------------------------------------
+
+    def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
+        """Engine callback: frame the publication once per protocol version, fan it out."""
+        if self.pending:
+            waiting = self.pending.get(channel)
+            if waiting:
+                for buffer in waiting.values():
+                    buffer.append((pub, epoch))
+        if pub.offset and channel in self.positioned:
+            self._check_position(channel, pub.offset, epoch)
+        subscribers = self.subs.get(channel)
+        subscribers_v2 = self.subs_v2.get(channel)
+        if not subscribers and not subscribers_v2:
+            return
+        channel_json = codec.json_string(channel)
+        tags = codec.tags_object(pub.tags)
+        data = codec.raw(pub.data)
+        if subscribers:
+            self.fanout.deliver(subscribers, pub_frame(False, channel_json, data, pub.offset, tags))
+        if subscribers_v2:
+            self.fanout.deliver(subscribers_v2, pub_frame(True, channel_json, data, pub.offset, tags))
+
+    def deliver_one(self, conn: Conn, channel: str, pub: Publication) -> None:
+        frame = pub_frame(conn.v2, codec.json_string(channel), codec.raw(pub.data), pub.offset,
+                          codec.tags_object(pub.tags))
+        self.fanout.enqueue(conn, frame)
+
+    def handle_join_leave(self, channel: str, join: bool, info: bytes) -> None:
+        push_type = codec.JOIN if join else codec.LEAVE
+        for v2, index in ((False, self.subs), (True, self.subs_v2)):
+            subscribers = index.get(channel)
+            if subscribers:
+                self.fanout.deliver(subscribers, codec.frame_text(codec.join_leave_push(v2, push_type, channel, info)))
+
+    def join_leave_to(self, conn: Conn, channel: str, join: bool, info: bytes) -> None:
+        push = codec.join_leave_push(conn.v2, codec.JOIN if join else codec.LEAVE, channel, info)
+        self.fanout.enqueue(conn, codec.frame_text(push))
+
+    def _check_position(self, channel: str, offset: int, epoch: str) -> None:
+        """Live position check (05 §9): a gap or an epoch change ends positioned subscriptions."""
+        last = self.positions.get(channel)
+        if last is not None and (last[0] != epoch or offset != last[1] + 1):
+            log.info("channel %s jumped from %s:%d to %s:%d: positioned clients must recover",
+                     channel, last[0], last[1], epoch, offset)
+            self.drop_positioned([channel])
+        if channel in self.positioned:
+            self.positions[channel] = (epoch, offset)
+
+    def drop_positioned(self, channels: Iterable[str]) -> int:
+        """End the positioned subscribers of these channels with 3010 (they reconnect and recover)."""
+        dropped = 0
+        for channel in channels:
+            for conn in list(self.positioned.get(channel, ())):
+                self._drop(conn, INSUFFICIENT_STATE)
+                dropped += 1
+            self.positions.pop(channel, None)
+        return dropped
+
+    # -- what the API and stats read -------------------------------------------------------
+
+    def local_channels(self, pattern: str) -> dict[str, int]:
+        """Channel -> subscribers here, for channels matching the glob (ValueError: bad pattern)."""
+        match = compile_glob(pattern) if pattern else None
+        counts: dict[str, int] = {}
+        for index in (self.subs, self.subs_v2):
+            for channel, subscribers in index.items():
+                if match is None or match(channel):
+                    counts[channel] = counts.get(channel, 0) + count_members(subscribers)
+        return counts
+
+    def num_channels(self) -> int:
+        return len(self.subs.keys() | self.subs_v2.keys())
+
+    def num_subs(self) -> int:
+        return sum(count_members(s) for index in (self.subs, self.subs_v2) for s in index.values())
