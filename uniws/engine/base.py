@@ -122,3 +122,6 @@ class Engine(Protocol):
     def sweep(self) -> None: ...
 
     def num_streams(self) -> int: ...
+
+    def num_presence_channels(self) -> int:
+        """Gauges for `info`: streams and presence channels this engine holds or used here."""
