@@ -139,7 +139,7 @@ def run_now(coro):
 class Cluster:
     """The bus side of one worker: owner routing, surveys and commands."""
 
-    def __init__(self, node: Worker, index: int, count: int, local: MemoryEngine) -> None:
+    def __init__(self, node: Worker, index: int, count: int, local: MemoryEngine | None) -> None:
         self.node = node
         self.index = index
         self.count = count
@@ -149,6 +149,7 @@ class Cluster:
         self.rpc = Rpc(node.loop, self._serve, posted=NO_POSITION)
         self.overflows = 0
         self._publishing_for = (-1, 0)        # (worker, request id) of the publish being served
+        self.relay = None                      # engine/relay.py's BrokerRelay, with a broker engine
 
     def attach(self, bus) -> None:
         self.bus = bus
@@ -261,7 +262,25 @@ class Cluster:
             finally:
                 self._publishing_for = (-1, 0)
             return ANSWERED
+        if op in _SERVED_LATER:
+            return asyncio.ensure_future(handler(args, tail))
         return run_now(handler(args, tail))
+
+    # -- what a broker relay serves (engine/relay.py): may wait on the broker -----------------
+
+    async def _op_want(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        await self.relay.want(args["worker"], args["channel"])
+        return None, b""
+
+    async def _op_unwant(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        self.relay.unwant(args["worker"], args["channel"])
+        return None, b""
+
+    async def _op_node_survey(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        return await self.relay.broker.survey(args["survey"], args["args"]), b""
+
+    async def _op_nodes(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        return self.relay.broker.nodes(), b""
 
     # -- what an owner serves ------------------------------------------------------------------
 
@@ -298,3 +317,6 @@ class Cluster:
 
     async def _op_stats(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
         return self.node.answer_survey("stats", args), b""
+
+
+_SERVED_LATER = frozenset({"want", "node_survey"})     # ops whose answer may wait on a broker

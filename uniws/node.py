@@ -31,6 +31,7 @@ from .deadlines import Deadlines
 from .eager import run_eager
 from .engine.base import Publication
 from .engine.memory import MemoryEngine
+from .engine.relay import BrokerRelay
 from .engine.sharded import ShardedEngine
 from .errors import FORCE_DISCONNECT, SHUTDOWN, ApiError, Disconnect
 from .hub import Hub
@@ -65,6 +66,7 @@ class Node:
         self.shutting_down = False
         self._tasks: set[asyncio.Future] = set()
         self._subscribing: dict[str, asyncio.Future] = {}   # broker subscriptions under way
+        self._node_info: dict | None = None                  # see node_info()
 
         self.fanout = Fanout(loop, cfg.client_queue_max_size, self._close_slow)
         self.hub = Hub(self.fanout, self._drop, self._first_subscriber, self._last_subscriber)
@@ -95,6 +97,14 @@ class Node:
 
     def _make_engine(self, index: int, count: int):
         meta_ttl = self.cfg.history_meta_ttl
+        if self.cfg.engine == "redis":
+            from .engine.redis import RedisEngine
+            if count == 1:
+                return RedisEngine(self, self.loop, self.cfg, uid=self.uid, control=True)
+            self.cluster = Cluster(self, index, count, None)
+            relay = BrokerRelay(self.cluster, None)
+            relay.broker = RedisEngine(relay, self.loop, self.cfg, uid=self.uid, control=index == 0)
+            return relay
         if count == 1:
             return MemoryEngine(self, self.loop, history_meta_ttl=meta_ttl)
         # Streams are sharded over the workers; the bus is attached by the server.
@@ -148,6 +158,8 @@ class Node:
             self.engine.sweep()
             if self.cluster is not None:
                 self.cluster.expire_requests(time.monotonic())
+                if self.index == 0 and self.cluster.relay is not None:
+                    self.run_soon(self._refresh_node_info())
             if self.http is not None:
                 self.http.sweep(time.monotonic())
         except Exception:
@@ -223,7 +235,11 @@ class Node:
         raise ApiError(104)
 
     def node_info(self) -> dict:
-        return self._node_entry([self.stats()])
+        """This node's entry for the other nodes: over all workers as of the last tick's survey."""
+        return self._node_info or self._node_entry([self.stats()])
+
+    async def _refresh_node_info(self) -> None:
+        self._node_info = (await self.info())[0]
 
     # -- what other workers ask (cluster.py) ----------------------------------------------------
 
@@ -253,6 +269,10 @@ class Node:
                 sessions.disconnect_local(**args, reason=Disconnect(code, reason, reconnect))
             elif op == "refresh":
                 sessions.refresh_local(**_raw_fields(args, "info"))
+            elif op == "gap":                 # the worker relaying these channels lost some
+                self.handle_gap(args["channels"])
+            elif op == "hello" and self.cluster is not None and self.cluster.relay is not None:
+                self.cluster.relay.worker_restarted(args["worker"])
         except ApiError:
             pass                          # the worker that took the API call reports errors
 

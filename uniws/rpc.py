@@ -149,6 +149,9 @@ class Rpc:
             outcome = self.serve(sender, 0 if post else fields[0], args, tail)
             if outcome is ANSWERED or post:
                 return
+            if isinstance(outcome, asyncio.Future):      # served later (it waits on a broker)
+                outcome.add_done_callback(lambda done: self._answer_done(sender, fields[0], args, done))
+                return
             result, out_tail = outcome
         except ApiError as exc:
             status = exc.code
@@ -159,6 +162,21 @@ class Rpc:
             self.bus.send(sender, b"F" + _FAILED.pack(fields[0], fields[1], status))
         else:
             self.answer(sender, fields[0], status, result, out_tail)
+
+    def _answer_done(self, sender: int, request_id: int, args: dict, done: asyncio.Future) -> None:
+        status, result, tail = 0, None, b""
+        exc = done.exception() if not done.cancelled() else ApiError(100)
+        if isinstance(exc, ApiError):
+            status = exc.code
+        elif exc is not None:
+            log.error("request %s from worker %d failed", args.get("op"), sender, exc_info=exc)
+            status = 100
+        else:
+            result, tail = done.result()
+        try:
+            self.answer(sender, request_id, status, result, tail)
+        except Exception:
+            log.exception("answer to worker %d not sent", sender)
 
     def answer(self, worker: int, request_id: int, status: int, result: Any, tail: bytes = b"") -> None:
         body = orjson.dumps(result)
