@@ -26,6 +26,7 @@ requests, posts and answers: see rpc.py):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 import zlib
@@ -34,6 +35,7 @@ from typing import Any, Callable, Protocol
 import orjson
 
 from ._shmring import MessageTooLarge
+from .channels import ChannelOptions
 from .engine.base import NO_POSITION, Publication
 from .engine.memory import MemoryEngine
 from .errors import ApiError
@@ -285,7 +287,8 @@ class Cluster:
     # -- what an owner serves ------------------------------------------------------------------
 
     async def _op_publish(self, args: dict, data: bytes) -> tuple[Any, bytes]:
-        opts = self.node.channel_options(args["channel"])
+        self.node.channel_options(args["channel"])           # refused here too (error 102)
+        opts = _stream_options(*args["history"])
         offset, epoch = self.publish_local(args["channel"], data, opts, skip_history=args["skip_history"],
                                            tags=args.get("tags"))
         return [offset, epoch], b""
@@ -317,6 +320,12 @@ class Cluster:
 
     async def _op_stats(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
         return self.node.answer_survey("stats", args), b""
+
+
+@functools.lru_cache(maxsize=64)
+def _stream_options(history_size: int, history_ttl: float) -> ChannelOptions:
+    """The options a forwarded publish carries (few distinct ones: cached, not built per call)."""
+    return ChannelOptions(history_size=history_size, history_ttl=history_ttl)
 
 
 _SERVED_LATER = frozenset({"want", "node_survey"})     # ops whose answer may wait on a broker

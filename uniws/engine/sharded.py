@@ -56,7 +56,10 @@ class ShardedEngine:
             if owner is None:
                 position = self.cluster.publish_local(channel, data, opts, skip_history=skip_history, tags=tags)
                 return done_future(self.loop, position)
-            args = {"channel": channel, "skip_history": skip_history, "tags": tags}
+            # The stream options travel with it: the owner stores as the worker that took the
+            # publish decided (it still refuses a channel its own rules do not allow).
+            args = {"channel": channel, "skip_history": skip_history, "tags": tags,
+                    "history": [opts.history_size, opts.history_ttl]}
             if skip_history or not opts.history_enabled:
                 # No position to answer with: post it, and wait only for the turn's barrier, so a
                 # batch to history-less channels costs one answer per owner instead of one each.
