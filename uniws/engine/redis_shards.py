@@ -81,7 +81,10 @@ def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0)
         raise AddressError("empty Redis address")
     if "://" not in text:
         text = "redis://" + text
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        raise AddressError(f"malformed Redis address {text!r}: {exc}") from None
     if parts.scheme == "unix":
         if not parts.path or parts.netloc:
             raise AddressError(f"malformed Redis unix address {text!r} (want unix:///path/to.sock)")
@@ -92,9 +95,10 @@ def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0)
         raise AddressError(f"unsupported Redis address scheme {parts.scheme!r} in {text!r}")
     try:
         port = parts.port
+        host = parts.hostname
     except ValueError:
         raise AddressError(f"malformed Redis address {text!r}: bad port") from None
-    if not parts.hostname or port is None:
+    if not host or port is None:
         raise AddressError(f"malformed Redis address {text!r} (want host:port)")
     if parts.username:
         user = unquote(parts.username)
@@ -107,7 +111,7 @@ def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0)
         db = int(path)
     if parts.query or parts.fragment:
         raise AddressError(f"malformed Redis address {text!r}: query strings are not supported")
-    return RedisAddress(parts.hostname, port, "", user, password, db)
+    return RedisAddress(host, port, "", user, password, db)
 
 
 # -- connections -----------------------------------------------------------------------------
