@@ -23,17 +23,20 @@ def free_port() -> int:
 
 
 def _ping(port: int) -> bool:
+    """Ready when it answers at all (+PONG, or -NOAUTH from a password-protected server)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, ready_timeout: float = READY_TIMEOUT) -> None:
+    def __init__(self, port: int | None = None, ready_timeout: float = READY_TIMEOUT,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
+        self.extra_args = extra_args
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
 
@@ -46,7 +49,8 @@ class RedisServer:
         if binary is None:
             pytest.fail("redis-server not installed (see .ci/deps)")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + self.ready_timeout
         while not _ping(self.port):
@@ -64,13 +68,19 @@ class RedisServer:
             self.proc.wait(timeout=10)
         self.proc = None
 
-    def command(self, *args: str | bytes) -> object:
-        """One command over a fresh connection, for assertions (hiredis parses the reply)."""
+    def command(self, *args: str | bytes, prefix: tuple = ()) -> object:
+        """One command over a fresh connection, for assertions (hiredis parses the reply);
+        `prefix` commands (AUTH, SELECT) run first and their replies are skipped."""
         import hiredis
 
         reader = hiredis.Reader()
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall(hiredis.pack_command(args))
+            s.sendall(b"".join(hiredis.pack_command(c) for c in (*prefix, args)))
+            skip = len(prefix)
+            while skip:
+                while (reply := reader.gets()) is False:
+                    reader.feed(s.recv(65536))
+                skip -= 1
             while (reply := reader.gets()) is False:
                 chunk = s.recv(65536)
                 if not chunk:

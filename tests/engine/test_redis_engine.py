@@ -19,6 +19,7 @@ from uniws.errors import ApiError
 
 from .contract import HISTORY, run
 from .recording import RecordingHandler
+from tests.redisfixture import RedisServer
 
 FAST_CONTROL = {"node_interval": 0.2, "node_stale": 0.8, "ping_interval": 0.1}
 
@@ -279,3 +280,30 @@ def test_redis_down_at_start_then_recovers(redis_servers):
         finally:
             await engine.close()
     run(body())
+
+
+def test_password_and_database_from_the_address():
+    server = RedisServer(extra_args=("--requirepass", "s3cret")).start()
+    try:
+        async def body():
+            good = RedisEngine(RecordingHandler(), [parse_address(f"redis://:s3cret@{server.address}/3")],
+                               node_uid="n")
+            await good.start()
+            try:
+                assert good.healthy() is None
+                await good.subscribe("a")
+                assert await good.publish("a", b"1", HISTORY) == (1, (await good.stream_top("a"))[1])
+            finally:
+                await good.close()
+            bad = RedisEngine(RecordingHandler(), [parse_address(f"redis://:wrong@{server.address}")],
+                              node_uid="m", reconnect_max_delay=0.2)
+            await bad.start()
+            try:
+                assert "WRONGPASS" in bad.healthy() or "invalid" in bad.healthy()
+            finally:
+                await bad.close()
+        run(body())
+        assert server.command("EXISTS", "centrifugo.stream.a", prefix=(("AUTH", "s3cret"), ("SELECT", "3"))) == 1
+        assert server.command("EXISTS", "centrifugo.stream.a", prefix=(("AUTH", "s3cret"),)) == 0
+    finally:
+        server.kill()

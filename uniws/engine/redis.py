@@ -68,6 +68,7 @@ class Shard:
         self.down_reason: str | None = "not connected yet"
         self.subscribed: dict[str, asyncio.Future] = {}   # broker subscriptions (client channels)
         self.was_up = False
+        self.stopping = False
         self._lost = asyncio.Event()
         self.first_attempt = asyncio.Event()     # set once the first connection attempt ended
         self._task: asyncio.Task | None = None
@@ -80,6 +81,7 @@ class Shard:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        self.stopping = True
         if self._task is not None:
             self._task.cancel()
             try:
@@ -102,7 +104,8 @@ class Shard:
     def _on_lost(self, reason: str) -> None:
         if self.down_reason is None:
             self.down_reason = reason
-            log.error("redis %s: %s", self.address, reason)
+            if not self.stopping:
+                log.error("redis %s: %s", self.address, reason)
         self._lost.set()
 
     def _close(self, reason: str) -> None:
@@ -436,7 +439,7 @@ class RedisEngine:
             top, epoch, entries = await fut
         except RedisReplyError as exc:
             log.error("history of %r: %s", channel, exc)
-            raise ApiError(100) from None
+            raise
         return int(top), epoch.decode(), entries
 
     async def stream_top(self, channel: str) -> tuple[int, str]:

@@ -18,6 +18,7 @@ pipelined connection here does several times that.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 
 from ..errors import ApiError
+
+log = logging.getLogger("uniws.engine.redis")
 
 _MASK64 = (1 << 64) - 1
 
@@ -201,6 +204,7 @@ class CommandConnection(_Resp):
                 retry = self.call(self.on_noscript(args), convert)
                 retry.add_done_callback(lambda r, f=fut: _chain(r, f))
                 return
+            log.error("redis error reply to %s: %s", args[0], reply)
             if not fut.done():
                 fut.set_exception(RedisReplyError(str(reply)))
             return
@@ -234,8 +238,17 @@ def _chain(source: asyncio.Future, target: asyncio.Future) -> None:
         target.set_result(source.result())
 
 
-class RedisReplyError(Exception):
-    """An error reply from Redis."""
+class RedisReplyError(ApiError):
+    """An error reply from Redis: API error 100 to callers; `reply` keeps Redis's text for logs."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(100)
+        self.reply = reply
+
+    def __str__(self) -> str:
+        return f"Redis error reply: {self.reply}"
 
 
 class PubSubConnection(_Resp):
