@@ -44,7 +44,7 @@ class RedisServer:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server not installed (see .ci/deps)")

@@ -10,7 +10,7 @@ import pytest
 from uniws.engine.redis import RedisEngine
 from uniws.engine.redis_shards import parse_address
 
-from .contract import *  # noqa: F401,F403  (the contract's tests run here)
+from .contract import *
 
 
 @pytest.fixture(params=[1, 2], ids=["one-shard", "two-shards"])

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from uniws import codec
 from uniws.engine import redis_codec as rc
-from uniws.engine.redis_shards import AddressError, RedisAddress, fnv1a64, jump_hash, parse_address, shard_index
-
+from uniws.engine.redis_shards import (
+    AddressError,
+    RedisAddress,
+    fnv1a64,
+    jump_hash,
+    parse_address,
+    shard_index,
+)
 
 # -- shard selection (08 §8.3) ---------------------------------------------------------------
 
@@ -108,7 +115,7 @@ json_value = st.recursive(
 @given(st.text(max_size=20), st.text(max_size=20), st.none() | json_value, st.none() | json_value)
 def test_client_info_roundtrip_is_byte_exact(user, client, conn, chan):
     import json
-    raw = lambda v: None if v is None else json.dumps(v, separators=(",", ":")).encode()  # noqa: E731
+    raw = lambda v: None if v is None else json.dumps(v, separators=(",", ":")).encode()
     info = codec.client_info(user, client, raw(conn), raw(chan))
     encoded = rc.encode_client_info(info)
     assert rc.decode_client_info(encoded) == info

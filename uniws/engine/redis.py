@@ -28,7 +28,8 @@ import hashlib
 import itertools
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -37,8 +38,17 @@ from ..errors import ApiError
 from . import redis_codec as rc
 from . import redis_scripts
 from .base import EngineHandler, Publication
-from .redis_shards import (CommandConnection, PubSubConnection, RedisAddress, RedisReplyError, handshake,
-                           open_connection, pack, server_version, shard_index)
+from .redis_shards import (
+    CommandConnection,
+    PubSubConnection,
+    RedisAddress,
+    RedisReplyError,
+    handshake,
+    open_connection,
+    pack,
+    server_version,
+    shard_index,
+)
 
 log = logging.getLogger("uniws.engine.redis")
 
@@ -59,7 +69,7 @@ def _epoch_now() -> str:
 class Shard:
     """One Redis server: its connections, state and reconnection loop."""
 
-    def __init__(self, engine: "RedisEngine", index: int, address: RedisAddress) -> None:
+    def __init__(self, engine: RedisEngine, index: int, address: RedisAddress) -> None:
         self.engine = engine
         self.index = index
         self.address = address
@@ -155,7 +165,7 @@ class Shard:
                 channels = await self._connect()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (any failure to connect is retried; reported below)
                 reason = f"cannot connect: {type(exc).__name__}: {exc}" if str(exc) else \
                     f"cannot connect: {type(exc).__name__}"
                 if self.down_reason != reason:
@@ -258,7 +268,7 @@ class RedisEngine:
 
     @classmethod
     def from_config(cls, config: Any, handler: EngineHandler, *, node_uid: str, control: bool = True,
-                    **kwargs: Any) -> "RedisEngine":
+                    **kwargs: Any) -> RedisEngine:
         from ..config import redis_addresses
         return cls(handler, redis_addresses(config), node_uid=node_uid, control=control,
                    prefix=config.redis_prefix, history_meta_ttl=config.history_meta_ttl,
@@ -357,21 +367,21 @@ class RedisEngine:
 
     def _on_message(self, channel: bytes, payload: bytes) -> None:
         """Every PUB/SUB message, straight from data_received, in arrival order."""
-        if channel.startswith(self._client_prefix):
-            name = channel[len(self._client_prefix):].decode()
-            try:
+        try:
+            if channel.startswith(self._client_prefix):
+                name = channel[len(self._client_prefix):].decode()
                 kind, value, epoch = rc.parse_message(payload)
-            except (rc.PayloadError, UnicodeDecodeError) as exc:
-                log.error("undecodable message on %r dropped: %s", name, exc)
-                return
-            if kind == "pub":
-                self.handler.handle_publication(name, value, epoch)
-            else:
-                self.handler.handle_join_leave(name, kind == "join", value)
-        elif channel == self._ping_key:
-            return
-        else:
-            self._on_control(payload)
+                if kind == "pub":
+                    self.handler.handle_publication(name, value, epoch)
+                else:
+                    self.handler.handle_join_leave(name, kind == "join", value)
+            elif channel != self._ping_key:
+                self._on_control(payload)
+        except (rc.PayloadError, UnicodeDecodeError) as exc:
+            log.error("undecodable message on %r dropped: %s", channel, exc)
+        except Exception:
+            # A handler bug must not kill the shard's PUB/SUB connection (and every channel on it).
+            log.exception("handling a message of %r failed", channel)
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -485,8 +495,9 @@ class RedisEngine:
             encoded = rc.encode_client_info(info)
         except rc.PayloadError as exc:
             raise ValueError(f"presence info of {client!r}: {exc}") from None
-        await self._presence_add(channel, client, encoded)
+        # Recorded first: the periodic refresh restores it if Redis lost it (or was down now).
         self._presence[(channel, client)] = encoded
+        await self._presence_add(channel, client, encoded)
 
     async def remove_presence(self, channel: str, client: str) -> None:
         self._presence.pop((channel, client), None)
@@ -620,7 +631,7 @@ class RedisEngine:
             now = time.monotonic()
             for shard in self.shards:
                 shard.watchdog(now)
-                if shard.up:
+                if shard.up and self.control:
                     shard.call(("PUBLISH", self._ping_key, b"")).add_done_callback(_consume)
             if self.control and now - last_node >= self.node_interval:
                 last_node = now

@@ -21,8 +21,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -215,7 +216,7 @@ class CommandConnection(_Resp):
             return
         try:
             fut.set_result(convert(reply))
-        except Exception as exc:   # a malformed reply fails its call, not the connection
+        except Exception as exc:  # noqa: BLE001 (a malformed reply fails its call, not the connection)
             fut.set_exception(exc)
 
     def fail(self, reason: str) -> None:
