@@ -63,6 +63,9 @@ SUPPORTED = frozenset(
         "proxy_http_headers", "proxy_binary_encoding", "proxy_include_connection_meta",
         "http_max_request_body_size", "http_header_read_timeout", "http_body_read_timeout",
         "http_idle_timeout", "http_max_incomplete_requests",
+        "redis_address", "redis_password", "redis_user", "redis_db", "redis_prefix",
+        "redis_connect_timeout", "redis_read_timeout", "redis_write_timeout", "redis_reconnect_max_delay",
+        "presence_ttl", "client_presence_update_interval",
     }
 )  # fmt: skip
 
@@ -423,6 +426,7 @@ class Config:
     redis_read_timeout: float = _dur("5s")
     redis_write_timeout: float = _dur("1s")
     redis_idle_timeout: float = _dur("0")
+    redis_reconnect_max_delay: float = _dur("5s")    # uniws: cap of the doubling reconnect delay
     redis_use_lists: bool = False
     redis_sentinel_address: list[str] = _list()
     redis_sentinel_master_name: str = ""
@@ -858,15 +862,52 @@ def _top_channel_options(values: Mapping[str, Any]) -> ChannelOptions:
     return ChannelOptions(**options)
 
 
+# Flipped by the lead once uniws/engine/redis.py is wired into the node and the workers.
+REDIS_ENGINE_WIRED = False
+
+
 def _check_engine(values: Mapping[str, Any]) -> None:
     engine = values["engine"]
-    if engine == "redis":
+    if engine == "redis" and not REDIS_ENGINE_WIRED:
         raise ConfigError('option "engine": redis engine is not supported yet, use "memory"')
-    if engine != "memory":
+    if engine == "redis":
+        _check_redis(values)
+    if engine not in ("memory", "redis"):
         raise ConfigError(f"unknown engine: {engine}")
     broker = values["broker"]
     if broker not in ("", "nats"):
         raise ConfigError(f"unknown broker: {broker}")
+
+
+def _check_redis(values: Mapping[str, Any]) -> None:
+    """Redis options (07 §4.10): every address parses, timeouts and prefix are usable."""
+    redis_addresses(values)
+    if not values["redis_prefix"]:
+        raise ConfigError('option "redis_prefix" must not be empty')
+    if values["redis_db"] < 0:
+        raise ConfigError(f'option "redis_db" must not be negative, got {values["redis_db"]}')
+    for name in ("redis_connect_timeout", "redis_read_timeout", "redis_write_timeout",
+                 "redis_reconnect_max_delay", "client_presence_update_interval", "presence_ttl"):
+        if values[name] <= 0:
+            raise ConfigError(f'option "{name}" must be positive with engine redis')
+
+
+def redis_addresses(config: Any) -> list[Any]:
+    """The shards' parsed addresses from a Config or the raw option values."""
+    from uniws.engine.redis_shards import AddressError, parse_address
+
+    get = config.get if isinstance(config, Mapping) else lambda name: getattr(config, name)
+    entries = get("redis_address")
+    if not entries:
+        raise ConfigError('option "redis_address" must name at least one Redis server')
+    out = []
+    for entry in entries:
+        try:
+            out.append(parse_address(entry, user=get("redis_user"), password=get("redis_password"),
+                                     db=get("redis_db")))
+        except AddressError as exc:
+            raise ConfigError(f'option "redis_address": {exc}') from None
+    return out
 
 
 def _check_proxy(values: Mapping[str, Any], namespaces: Mapping[str, ChannelOptions]) -> None:
@@ -900,6 +941,10 @@ _REFUSED: tuple[tuple[str, str], ...] = (
     ("tls", "TLS is not supported yet; terminate TLS in a proxy in front of uniws"),
     ("admin", "the admin UI and admin API are not supported yet"),
     ("sockjs", "the SockJS transport is not supported"),
+    ("redis_sentinel", "Redis Sentinel is not supported yet; use redis_address (one entry per shard)"),
+    ("redis_cluster_address", "Redis Cluster is not supported; use redis_address (one entry per shard)"),
+    ("redis_use_lists", "legacy LIST history is not supported; uniws needs Redis >= 5.0.1 streams"),
+    ("redis_tls", "TLS to Redis is not supported yet; use a TLS tunnel (e.g. stunnel) or a unix socket"),
 )
 _NOT_REFUSED = frozenset({"admin_password", "admin_secret"})
 

@@ -1,0 +1,111 @@
+"""Real redis-server processes on free 127.0.0.1 ports for tests (killed by PID).
+
+`RedisServer.start()` waits for readiness by PING (bounded by `ready_timeout`), never by
+sleeping; `kill()` then `start()` again restarts on the same port (fault tests).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+READY_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ping(port: int) -> bool:
+    """Ready when it answers at all (+PONG, or -NOAUTH from a password-protected server)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+class RedisServer:
+    def __init__(self, port: int | None = None, ready_timeout: float = READY_TIMEOUT,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.port = port or free_port()
+        self.extra_args = extra_args
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server not installed (see .ci/deps)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             *self.extra_args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.ready_timeout
+        while not _ping(self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server on port {self.port} exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"redis-server on port {self.port} not ready in {self.ready_timeout}s")
+            time.sleep(0.02)                 # poll interval of the readiness check, not a sync
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def command(self, *args: str | bytes, prefix: tuple = ()) -> object:
+        """One command over a fresh connection, for assertions (hiredis parses the reply);
+        `prefix` commands (AUTH, SELECT) run first and their replies are skipped."""
+        import hiredis
+
+        reader = hiredis.Reader()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"".join(hiredis.pack_command(c) for c in (*prefix, args)))
+            skip = len(prefix)
+            while skip:
+                while (reply := reader.gets()) is False:
+                    reader.feed(s.recv(65536))
+                skip -= 1
+            while (reply := reader.gets()) is False:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("redis closed the connection")
+                reader.feed(chunk)
+        return reply
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_servers():
+    """Factory: redis_servers(n) -> n started servers, all killed at teardown."""
+    started: list[RedisServer] = []
+
+    def make(n: int = 1) -> list[RedisServer]:
+        servers = [RedisServer().start() for _ in range(n)]
+        started.extend(servers)
+        return servers
+
+    yield make
+    for server in started:
+        server.kill()

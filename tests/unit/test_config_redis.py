@@ -1,0 +1,71 @@
+"""Redis engine options (07 §4.10): address forms, shards, refusals, and the wiring flag."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from uniws import config as config_module
+from uniws.config import OPTIONS, ConfigError, load_config, redis_addresses
+from uniws.engine.redis_shards import RedisAddress
+
+
+def load(tmp_path: Path, doc: dict, env: dict | None = None):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc))
+    return load_config(str(path), env or {}, {})
+
+
+@pytest.fixture
+def wired(monkeypatch):
+    monkeypatch.setattr(config_module, "REDIS_ENGINE_WIRED", True)
+
+
+def test_redis_engine_refused_until_wired(tmp_path):
+    assert config_module.REDIS_ENGINE_WIRED is False
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, {"engine": "redis"})
+    assert "redis engine is not supported yet" in info.value.message
+
+
+def test_redis_shards_and_overrides(tmp_path, wired):
+    cfg, warnings = load(tmp_path, {"engine": "redis", "redis_password": "pw", "redis_db": 2,
+                                    "redis_address": ["127.0.0.1:7001", "redis://u:x@h:7002/5",
+                                                      "unix:///tmp/r.sock"]})
+    assert warnings == []
+    assert redis_addresses(cfg) == [RedisAddress("127.0.0.1", 7001, "", "", "pw", 2),
+                                    RedisAddress("h", 7002, "", "u", "x", 5),
+                                    RedisAddress(path="/tmp/r.sock", password="pw", db=2)]
+    assert cfg.redis_prefix == "centrifugo" and cfg.redis_reconnect_max_delay == 5.0
+
+
+def test_redis_address_from_env_whitespace_list(tmp_path, wired):
+    cfg, _ = load(tmp_path, {"engine": "redis"}, {"CENTRIFUGO_REDIS_ADDRESS": "a:1 b:2"})
+    assert [(a.host, a.port) for a in redis_addresses(cfg)] == [("a", 1), ("b", 2)]
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ({"redis_address": "nohostport"}, 'option "redis_address": malformed Redis address'),
+    ({"redis_address": "h:1/db"}, "is not a number"),
+    ({"redis_address": "rediss://h:1"}, "TLS to Redis is not supported"),
+    ({"redis_prefix": ""}, 'option "redis_prefix" must not be empty'),
+    ({"redis_read_timeout": "0s"}, 'option "redis_read_timeout" must be positive'),
+])
+def test_bad_redis_options(tmp_path, wired, doc, expected):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, {"engine": "redis", **doc})
+    assert expected in info.value.message
+
+
+@pytest.mark.parametrize("name, value", [
+    ("redis_sentinel_address", ["127.0.0.1:26379"]), ("redis_sentinel_master_name", "m"),
+    ("redis_cluster_address", ["127.0.0.1:7000"]), ("redis_use_lists", True), ("redis_tls", True),
+    ("redis_tls_skip_verify", True),
+])
+def test_unsupported_redis_modes_refuse_to_start(tmp_path, name, value):
+    assert name in OPTIONS
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, {name: value})
+    assert info.value.message.startswith(f'option "{name}" refused: ')
