@@ -863,7 +863,7 @@ def _top_channel_options(values: Mapping[str, Any]) -> ChannelOptions:
 
 
 # Flipped by the lead once uniws/engine/redis.py is wired into the node and the workers.
-REDIS_ENGINE_WIRED = False
+REDIS_ENGINE_WIRED = True
 
 
 def _check_engine(values: Mapping[str, Any]) -> None:

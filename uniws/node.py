@@ -31,6 +31,7 @@ from .deadlines import Deadlines
 from .eager import run_eager
 from .engine.base import Publication
 from .engine.memory import MemoryEngine
+from .engine.redis import RedisEngine
 from .engine.relay import BrokerRelay
 from .engine.sharded import ShardedEngine
 from .errors import FORCE_DISCONNECT, SHUTDOWN, ApiError, Disconnect
@@ -98,12 +99,11 @@ class Node:
     def _make_engine(self, index: int, count: int):
         meta_ttl = self.cfg.history_meta_ttl
         if self.cfg.engine == "redis":
-            from .engine.redis import RedisEngine
             if count == 1:
-                return RedisEngine(self, self.loop, self.cfg, uid=self.uid, control=True)
+                return RedisEngine.from_config(self.cfg, self, node_uid=self.uid, control=True)
             self.cluster = Cluster(self, index, count, None)
             relay = BrokerRelay(self.cluster, None)
-            relay.broker = RedisEngine(relay, self.loop, self.cfg, uid=self.uid, control=index == 0)
+            relay.broker = RedisEngine.from_config(self.cfg, relay, node_uid=self.uid, control=index == 0)
             return relay
         if count == 1:
             return MemoryEngine(self, self.loop, history_meta_ttl=meta_ttl)
@@ -409,7 +409,9 @@ class Node:
         if self.cluster is not None:
             workers += await self.cluster.survey("stats", {})
             workers.sort(key=lambda w: w["worker"])
-        return [self._node_entry(workers), *self.engine.nodes()]
+        relay = self.cluster.relay if self.cluster is not None else None
+        others = await relay.current_nodes() if relay is not None else self.engine.nodes()
+        return [self._node_entry(workers), *others]
 
     @staticmethod
     def _node_entry(workers: list[dict]) -> dict:

@@ -31,7 +31,10 @@ class Server:
         self.port = free_port()
         self.config = {"token_hmac_secret_key": "secret", "api_key": "apikey", "uni_websocket": True,
                        "health": True, "workers": 1, **config}
+        # Several nodes of one fleet may share a test's directory: each keeps its own config.
         self.path = tmp / "config.json"
+        if self.path.exists():
+            self.path = tmp / f"config-{self.port}.json"
         self.path.write_text(json.dumps(self.config))
         self.log_path = tmp / f"server-{self.port}.log"
         self._log = open(self.log_path, "wb")

@@ -645,6 +645,10 @@ class RedisEngine:
     def num_streams(self) -> int:
         return 0
 
+    def num_presence_channels(self) -> int:
+        """Channels this engine keeps presence entries in (its own connections')."""
+        return len({channel for channel, _ in self._presence})
+
 
 def _field(fields: list[bytes], name: bytes) -> bytes:
     for i in range(0, len(fields) - 1, 2):

@@ -40,7 +40,6 @@ class BrokerRelay:
         self.loop: asyncio.AbstractEventLoop = self.node.loop
         self.index = cluster.index
         self._wants: dict[str, dict[int, int]] = {}    # channel owned here -> worker -> wants
-        self._nodes: list[dict] = []                    # other nodes, as worker 0 last said
         cluster.relay = self
 
     def _owner(self, channel: str) -> int:
@@ -89,14 +88,6 @@ class BrokerRelay:
 
     def sweep(self) -> None:
         self.broker.sweep()
-        if self.index != 0:
-            # The node registry lives on worker 0; `nodes()` answers from this copy (the
-            # registry itself moves in 3 s steps).
-            self.cluster.request(0, "nodes", {}).add_done_callback(self._got_nodes)
-
-    def _got_nodes(self, done: asyncio.Future) -> None:
-        if not done.cancelled() and done.exception() is None:
-            self._nodes = done.result()[0]
 
     def num_streams(self) -> int:
         return self.broker.num_streams()
@@ -113,7 +104,15 @@ class BrokerRelay:
         return answers
 
     def nodes(self) -> list[dict]:
-        return self.broker.nodes() if self.index == 0 else self._nodes
+        """The registry as far as this worker knows it (worker 0 holds it: see current_nodes)."""
+        return self.broker.nodes() if self.index == 0 else []
+
+    async def current_nodes(self) -> list[dict]:
+        """The other nodes, from worker 0's registry whichever worker asks."""
+        if self.index == 0:
+            return self.broker.nodes()
+        nodes, _ = await self.cluster.request(0, "nodes", {})
+        return nodes
 
     # -- receiving channels: through their owner ----------------------------------------------
 

@@ -1,0 +1,240 @@
+"""A fleet: two uniws nodes, each with 2 workers, on one Redis (or two shards), as a load
+balancer would spread clients over them. Real redis-server processes on free ports."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.redisfixture import RedisServer
+
+from .helpers import connect, wait_for
+from .wsclient import UniClient
+
+HISTORY = {"history_size": 1000, "history_ttl": "300s", "recover": True, "presence": True, "join_leave": False}
+
+
+def fleet_config(*redis: RedisServer, **extra) -> dict:
+    return {"engine": "redis", "redis_address": [r.address for r in redis], "workers": 2,
+            "redis_prefix": "fleet", **HISTORY, **extra}
+
+
+@pytest.fixture
+def fleet(start_server, redis_server):
+    """(node A, node B, redis) on one Redis."""
+    config = fleet_config(redis_server)
+    return start_server(config), start_server(config), redis_server
+
+
+def nodes(server) -> list[dict]:
+    reply = server.api("info")
+    return reply["result"]["nodes"] if "result" in reply else []
+
+
+def health(server) -> tuple[int, str]:
+    r = requests.get(server.base + "/health", timeout=5)
+    return r.status_code, r.text
+
+
+def pushes(client: UniClient, count: int, timeout: float = 10.0) -> list[dict]:
+    out = []
+    while len(out) < count:
+        out.append(client.recv_json(timeout=timeout))
+    return out
+
+
+def test_publish_on_one_node_reaches_the_other_in_order(fleet):
+    a, b, _ = fleet
+    client, push = connect(b, "56", subs={"chat": {}})
+    assert push["type"] == 6 and push["data"]["subs"]["chat"]["recoverable"] is True
+    results = [a.publish("chat", {"n": n})["result"] for n in range(200)]
+    assert [r["offset"] for r in results] == list(range(1, 201))
+    assert len({r["epoch"] for r in results}) == 1 and results[0]["epoch"].isdigit()   # 08 check 25
+    got = pushes(client, 200)
+    assert [p["data"]["offset"] for p in got] == list(range(1, 201))
+    assert [p["data"]["data"]["n"] for p in got] == list(range(200))
+    # One order per channel whichever node publishes.
+    for n in range(20):
+        (a if n % 2 else b).publish("chat", {"n": 200 + n})
+    assert [p["data"]["offset"] for p in pushes(client, 20)] == list(range(201, 221))
+    client.close()
+
+
+def test_info_lists_every_node_and_a_stopped_one_leaves(fleet):
+    a, b, _ = fleet
+    # Whichever worker answers (the registry lives on worker 0, the others copy it each second).
+    both = lambda server: all(len(nodes(server)) == 2 for _ in range(4))  # noqa: E731
+    wait_for(lambda: both(a) and both(b), timeout=10, what="both nodes in every worker's info")
+    assert {n["uid"] for n in nodes(a)} == {n["uid"] for n in nodes(b)}
+    client, _ = connect(b, "56")
+    wait_for(lambda: sum(n["num_clients"] for n in nodes(a)) == 1, timeout=10, what="B's client seen from A")
+    client.close()
+    b.stop()
+    wait_for(lambda: all(len(nodes(a)) == 1 for _ in range(4)), timeout=3, what="B gone from A's info after its SHUTDOWN")
+
+
+def test_presence_channels_and_user_commands_across_nodes(fleet):
+    a, b, _ = fleet
+    on_a = [connect(a, f"u{i}", subs={"room": {}})[0] for i in range(3)]
+    on_b = [connect(b, f"u{i}", subs={"room": {}})[0] for i in range(3)]
+    assert a.api("presence_stats", {"channel": "room"})["result"] == {"num_clients": 6, "num_users": 3}
+    assert len(b.api("presence", {"channel": "room"})["result"]["presence"]) == 6
+    wait_for(lambda: a.api("channels", {"pattern": "room"})["result"]["channels"] == {"room": {"num_clients": 6}},
+             what="channels summed over nodes")                                     # 08 check 23
+    a.api("disconnect", {"user": "u1"})                                             # 08 check 24
+    assert on_b[1].until_closed(timeout=10) == ['{"type":7,"data":{"code":3503,"reason":"force disconnect"}}']
+    assert on_a[1].until_closed(timeout=10) == ['{"type":7,"data":{"code":3503,"reason":"force disconnect"}}']
+    b.api("subscribe", {"user": "u2", "channel": "extra"})
+    for client in (on_a[2], on_b[2]):
+        push = client.recv_json(timeout=10)
+        assert (push["type"], push["channel"], push["data"]["recoverable"]) == (5, "extra", True)
+    wait_for(lambda: a.api("presence_stats", {"channel": "room"})["result"]["num_clients"] == 4,
+             what="presence without u1")
+    for client in on_a + on_b:
+        client.close()
+
+
+def test_a_client_moving_to_the_other_node_recovers_exactly(fleet):
+    a, b, _ = fleet
+    client, push = connect(a, "56", subs={"chat": {"recover": True}})
+    epoch = push["data"]["subs"]["chat"]["epoch"]
+    for n in range(5):
+        a.publish("chat", n)
+    assert [p["data"]["offset"] for p in pushes(client, 5)] == [1, 2, 3, 4, 5]
+    client.close()
+    for n in range(5, 12):
+        b.publish("chat", n)
+    client, push = connect(b, "56", subs={"chat": {"recover": True, "offset": 5, "epoch": epoch}})
+    sub = push["data"]["subs"]["chat"]
+    assert sub["recovered"] is True and sub["epoch"] == epoch
+    assert [p["offset"] for p in sub["publications"]] == list(range(6, 13))
+    a.publish("chat", 12)
+    assert client.recv_json(timeout=10)["data"]["offset"] == 13
+    client.close()
+
+
+def test_history_survives_a_node_restart(start_server, redis_server):
+    config = fleet_config(redis_server, workers=1)
+    node = start_server(config)
+    client, push = connect(node, "56", subs={"chat": {"recover": True}})
+    epoch = push["data"]["subs"]["chat"]["epoch"]
+    for n in range(3):
+        node.publish("chat", n)
+    pushes(client, 3)
+    client.close()
+    node.stop()
+    restarted = start_server(config)
+    restarted.publish("chat", 3)
+    client, push = connect(restarted, "56", subs={"chat": {"recover": True, "offset": 3, "epoch": epoch}})
+    sub = push["data"]["subs"]["chat"]
+    assert (sub["recovered"], sub["epoch"], [p["offset"] for p in sub["publications"]]) == (True, epoch, [4])
+    client.close()
+
+
+def test_node_killed_its_clients_reconnect_to_the_other_and_recover(fleet):
+    a, b, _ = fleet
+    client, push = connect(a, "56", subs={"chat": {"recover": True}})
+    epoch = push["data"]["subs"]["chat"]["epoch"]
+    b.publish("chat", 0)
+    assert client.recv_json(timeout=10)["data"]["offset"] == 1
+    a.stop(sig=9)
+    for n in range(1, 4):
+        b.publish("chat", n)
+    client, push = connect(b, "56", subs={"chat": {"recover": True, "offset": 1, "epoch": epoch}})
+    sub = push["data"]["subs"]["chat"]
+    assert sub["recovered"] is True and [p["data"] for p in sub["publications"]] == [1, 2, 3]
+    client.close()
+
+
+def test_two_redis_shards_carry_one_fleet(start_server):
+    shards = [RedisServer().start(), RedisServer().start()]
+    try:
+        config = fleet_config(*shards)
+        a, b = start_server(config), start_server(config)
+        channels = [f"ch{i}" for i in range(20)]
+        client, push = connect(b, "56", subs={ch: {} for ch in channels})
+        assert set(push["data"]["subs"]) == set(channels)
+        for ch in channels:
+            assert a.publish(ch, ch)["result"]["offset"] == 1
+        got = pushes(client, 20)
+        assert sorted(p["channel"] for p in got) == sorted(channels)
+        streams = [len(shard.command("KEYS", "fleet.stream.meta.*")) for shard in shards]
+        assert sum(streams) == 20 and all(streams), streams      # both shards hold some channels
+        client.close()
+    finally:
+        for shard in shards:
+            shard.kill()
+
+
+def test_redis_down_at_start_then_up(start_server):
+    redis = RedisServer()                                    # a port nobody listens on yet
+    node = start_server(fleet_config(redis, workers=1))
+    status, body = health(node)
+    assert status == 503 and redis.address in body, body
+    assert node.publish("chat", 1) == {"error": {"code": 100, "message": "internal server error"}}
+    redis.start()
+    try:
+        wait_for(lambda: health(node)[0] == 200, timeout=15, what="health 200 once Redis is up")
+        assert node.publish("chat", 1)["result"]["offset"] == 1
+    finally:
+        redis.kill()
+
+
+def test_redis_restart_under_load_leaves_no_silent_gap(fleet):
+    """Publishes fail while Redis is gone; a subscriber either sees every accepted publication
+    in order, or is told it cannot (3010, then recovered false) — never a silent gap."""
+    a, b, redis = fleet
+    client, push = connect(b, "56", subs={"chat": {"recover": True}})
+    epoch, position = push["data"]["subs"]["chat"]["epoch"], 0
+    accepted, failed, stop = [], [], threading.Event()
+
+    def publisher():
+        n = 0
+        while not stop.is_set():
+            try:
+                reply = a.publish("chat", n)
+            except Exception:
+                reply = {"error": "transport"}
+            (accepted if "result" in reply else failed).append((n, reply))
+            n += 1
+            time.sleep(0.002)                 # paces the load (about 300/s), not a synchronisation
+
+    thread = threading.Thread(target=publisher, daemon=True)
+    thread.start()
+    wait_for(lambda: len(accepted) >= 50, what="publications before the fault")
+    redis.kill()
+    wait_for(lambda: health(a)[0] == 503 and health(b)[0] == 503, timeout=10, what="both nodes report 503")
+    wait_for(lambda: len(failed) >= 10, what="publishes failing while Redis is down")
+    redis.start()                                   # empty: Redis lost the streams
+    wait_for(lambda: health(a)[0] == 200 and health(b)[0] == 200, timeout=15, what="health back to 200")
+    wait_for(lambda: len(accepted) >= 100 and accepted[-1][1]["result"]["epoch"] != epoch,
+             what="publications accepted after the restart")
+    stop.set()
+    thread.join(timeout=10)
+    assert all(reply.get("error", {}).get("code") == 100 for _, reply in failed if reply != {"error": "transport"})
+
+    seen: list[tuple[str, int]] = []
+    told_insufficient = False
+    try:
+        while True:
+            push = client.recv_json(timeout=3)
+            if push.get("type") == 7:
+                told_insufficient = push["data"]["code"] == 3010
+                break
+            seen.append((epoch, push["data"]["offset"]))
+    except Exception:
+        pass
+    offsets = [o for _, o in seen]
+    assert offsets == list(range(1, len(offsets) + 1)), "offsets delivered out of order or with a gap"
+    last_old_epoch = max((r["result"]["offset"] for _, r in accepted if r["result"]["epoch"] == epoch), default=0)
+    if offsets[-1:] != [last_old_epoch] or any(r["result"]["epoch"] != epoch for _, r in accepted):
+        # Publications the client did not get were accepted: it must have been told.
+        assert told_insufficient, f"silent gap: got {len(offsets)} of the old epoch, no 3010"
+        client, push = connect(b, "56", subs={"chat": {"recover": True, "offset": offsets[-1] if offsets else 0,
+                                                       "epoch": epoch}})
+        assert push["data"]["subs"]["chat"]["recovered"] is False        # a new epoch: the app re-syncs
+    client.close()
