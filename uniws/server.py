@@ -87,10 +87,10 @@ async def run(cfg, *, index: int = 0, count: int = 1, bus_files: BusFiles | None
     if count > 1:
         bus = Bus(loop, index, bus_files, node.cluster, first_start=not restarted)
         node.cluster.attach(bus)
-        if restarted:
-            # Tell the others this worker lost its previous life's state (engine/relay.py).
-            node.cluster.command("hello", {"worker": index})
     await node.engine.start()          # a broker that cannot be reached is retried, not fatal
+    if restarted and bus is not None:
+        # Tell the others this worker lost its previous life's state (engine/relay.py).
+        node.cluster.command("hello", {"worker": index})
     servers = []
     limits = node.http = FrontLimits.from_config(cfg)     # swept by the node's tick
     for routes, address, port, names in _listeners(cfg, node):

@@ -239,3 +239,71 @@ def test_redis_restart_under_load_leaves_no_silent_gap(fleet):
         sub = push["data"]["subs"]["chat"]
         assert not sub.get("recovered") and sub["epoch"] != epoch        # a new epoch: the app re-syncs
     client.close()
+
+
+def _worker_pids(server) -> dict[int, int]:
+    import re
+    pids = {}
+    for index, pid in re.findall(r'"worker (\d+) started \(pid (\d+)\)"', server.log()):
+        pids[int(index)] = int(pid)
+    return pids
+
+
+def _on_which_worker(server, connect_one) -> tuple[object, int]:
+    """Connect one client and find the worker it landed on (per-worker counts from info)."""
+    before = [w["num_clients"] for w in nodes(server)[0]["workers"]]
+    client = connect_one()
+    after = [w["num_clients"] for w in nodes(server)[0]["workers"]]
+    return client, next(i for i, (x, y) in enumerate(zip(before, after)) if y > x)
+
+
+def test_relaying_worker_killed_its_channels_recover_and_flow_again(start_server, redis_server):
+    """The worker that receives channels from Redis for the node dies: the other worker's
+    positioned subscribers are told (3010) and recover; plain subscribers get publications
+    again once the restarted owner has resubscribed."""
+    import os
+    import signal
+
+    from uniws.cluster import owner_of
+
+    namespace = {"name": "rec", "history_size": 100, "history_ttl": "300s", "recover": True}
+    node = start_server(fleet_config(redis_server, recover=False, history_size=0, history_ttl="0s",
+                                     namespaces=[namespace]))
+    probe, worker = _on_which_worker(node, lambda: connect(node, "p", subs={})[0])
+    probe.close()
+    other = 1 - worker
+    plain_channel = next(f"ch{i}" for i in range(100) if owner_of(f"ch{i}", 2) == other)
+    rec_channel = next(f"rec:ch{i}" for i in range(100) if owner_of(f"rec:ch{i}", 2) == other)
+    wait_for(lambda: nodes(node)[0]["num_clients"] == 0, what="the probe gone")
+    clients = []                       # both on `worker`, subscribed to channels `other` relays
+    while len(clients) < 2:
+        subs = {rec_channel: {"recover": True}} if not clients else {plain_channel: {}}
+        client, landed = _on_which_worker(node, lambda: connect(node, "u", subs=subs)[0])
+        if landed == worker:
+            clients.append(client)
+        else:
+            client.close()
+    positioned, plain = clients
+    for n in range(3):
+        node.publish(rec_channel, n)
+        node.publish(plain_channel, n)
+    assert [p["data"]["data"] for p in pushes(positioned, 3)] == [0, 1, 2]
+    assert [p["data"]["data"] for p in pushes(plain, 3)] == [0, 1, 2]
+    owner_pid = _worker_pids(node)[other]
+    os.kill(owner_pid, signal.SIGKILL)
+    wait_for(lambda: _worker_pids(node)[other] != owner_pid, what="owner restarted")
+    assert positioned.until_closed(timeout=10)[-1] == \
+        '{"type":7,"data":{"code":3010,"reason":"insufficient state","reconnect":true}}'
+
+    def delivered_again() -> bool:
+        node.publish(plain_channel, "again")
+        try:
+            while True:
+                push = plain.recv_json(timeout=0.3)
+                if push.get("data", {}).get("data") == "again":
+                    return True
+        except TimeoutError:
+            return False
+
+    wait_for(delivered_again, timeout=15, what="publications flowing again to the plain subscriber")
+    plain.close()

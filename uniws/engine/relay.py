@@ -158,6 +158,7 @@ class BrokerRelay:
             for _ in range(self._wants[channel][worker]):
                 self.unwant(worker, channel)
         mine = [channel for channel in self.node.hub.wanted_channels() if self._owner(channel) == worker]
+        log.info("worker %d restarted: asking it again for %d channels", worker, len(mine))
         if mine:
             self.node.handle_gap(mine)
             for channel in mine:
