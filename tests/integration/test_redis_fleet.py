@@ -81,10 +81,14 @@ def test_presence_channels_and_user_commands_across_nodes(fleet):
     a, b, _ = fleet
     on_a = [connect(a, f"u{i}", subs={"room": {}})[0] for i in range(3)]
     on_b = [connect(b, f"u{i}", subs={"room": {}})[0] for i in range(3)]
-    assert a.api("presence_stats", {"channel": "room"})["result"] == {"num_clients": 6, "num_users": 3}
+    reply = a.api("presence_stats", {"channel": "room"})
+    assert reply.get("result") == {"num_clients": 6, "num_users": 3}, (reply, a.log()[-3000:])
     assert len(b.api("presence", {"channel": "room"})["result"]["presence"]) == 6
-    wait_for(lambda: a.api("channels", {"pattern": "room"})["result"]["channels"] == {"room": {"num_clients": 6}},
-             what="channels summed over nodes")                                     # 08 check 23
+    def summed():
+        reply = a.api("channels", {"pattern": "room"})
+        assert "result" in reply, (reply, a.log()[-3000:], b.log()[-3000:])
+        return reply["result"]["channels"] == {"room": {"num_clients": 6}}
+    wait_for(summed, what="channels summed over nodes")                                     # 08 check 23
     a.api("disconnect", {"user": "u1"})                                             # 08 check 24
     assert on_b[1].until_closed(timeout=10) == ['{"type":7,"data":{"code":3503,"reason":"force disconnect"}}']
     assert on_a[1].until_closed(timeout=10) == ['{"type":7,"data":{"code":3503,"reason":"force disconnect"}}']

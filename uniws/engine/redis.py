@@ -400,8 +400,8 @@ class RedisEngine:
             fut = shard.sub.subscribe([self._client_key(channel)])[0]
             shard.subscribed[channel] = fut
         try:
-            async with asyncio.timeout(self.read_timeout):
-                await asyncio.shield(fut)
+            # wait_for, not asyncio.timeout: callers may run this outside a task (eager.run_eager).
+            await asyncio.wait_for(asyncio.shield(fut), self.read_timeout)
         except (ApiError, TimeoutError):
             if shard.subscribed.get(channel) is fut:
                 del shard.subscribed[channel]
@@ -559,8 +559,7 @@ class RedisEngine:
         self._surveys[sid] = (fut, [], expected)
         try:
             await self._send_control({"m": "survey", "id": sid, "op": op, "args": args})
-            async with asyncio.timeout(self.survey_timeout):
-                return await fut
+            return await asyncio.wait_for(fut, self.survey_timeout)     # no task needed (see subscribe)
         except TimeoutError:
             raise ApiError(100) from None
         finally:
