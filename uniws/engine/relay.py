@@ -31,6 +31,8 @@ from .base import Publication
 
 log = logging.getLogger("uniws.relay")
 
+START_WAIT = 10.0         # seconds a want waits for this worker's broker to finish starting
+
 
 class BrokerRelay:
     def __init__(self, cluster, broker) -> None:
@@ -40,6 +42,9 @@ class BrokerRelay:
         self.loop: asyncio.AbstractEventLoop = self.node.loop
         self.index = cluster.index
         self._wants: dict[str, dict[int, int]] = {}    # channel owned here -> worker -> wants
+        # Other workers may ask for channels before this one's broker has made its first
+        # connection (workers start together): their wants wait for it, within a bound.
+        self._started = asyncio.Event()
         cluster.relay = self
 
     def _owner(self, channel: str) -> int:
@@ -48,7 +53,10 @@ class BrokerRelay:
     # -- the engine interface: straight to the broker ------------------------------------------
 
     async def start(self) -> None:
-        await self.broker.start()
+        try:
+            await self.broker.start()
+        finally:
+            self._started.set()
 
     async def close(self) -> None:
         await self.broker.close()
@@ -136,20 +144,30 @@ class BrokerRelay:
 
     async def want(self, worker: int, channel: str) -> None:
         """On the owner: count a worker's want; done once the broker subscription is active."""
+        if not self._started.is_set():
+            await asyncio.wait_for(self._started.wait(), START_WAIT)
         counts = self._wants.setdefault(channel, {})
         counts[worker] = counts.get(worker, 0) + 1
-        await self.broker.subscribe(channel)
+        try:
+            await self.broker.subscribe(channel)
+        except BaseException:
+            self._uncount(worker, channel)        # the broker released its own count
+            raise
 
     def unwant(self, worker: int, channel: str) -> None:
+        if self._uncount(worker, channel):
+            self.broker.unsubscribe(channel)
+
+    def _uncount(self, worker: int, channel: str) -> bool:
         counts = self._wants.get(channel)
         if not counts or not counts.get(worker):
-            return
+            return False
         counts[worker] -= 1
         if not counts[worker]:
             del counts[worker]
             if not counts:
                 del self._wants[channel]
-        self.broker.unsubscribe(channel)
+        return True
 
     def worker_restarted(self, worker: int) -> None:
         """A worker came back: forget what its previous life wanted of channels owned here, and
