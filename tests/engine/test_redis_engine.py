@@ -358,3 +358,28 @@ def test_engine_from_config(redis_server, tmp_path, monkeypatch):
             await engine.close()
     run(body())
     assert redis_server.command("EXISTS", "cfg.stream.k", prefix=(("SELECT", "1"),)) == 1
+
+
+def test_stalled_redis_fails_calls_within_read_timeout_then_recovers(redis_server):
+    import os
+    import signal
+
+    async def body():
+        handler = RecordingHandler()
+        async with engine_on([redis_server], handler, read_timeout=0.5, ping_interval=0.1,
+                             reconnect_max_delay=0.2, connect_timeout=0.3) as e:
+            await e.subscribe("s")
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(ApiError) as err:
+                    await e.publish("s", b"1", HISTORY)
+                assert err.value.code == 100 and time.monotonic() - started < 2
+                assert "redis_read_timeout" in e.healthy() or "cannot connect" in e.healthy()
+            finally:
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+            await handler.wait_for(lambda: e.healthy() is None)
+            await handler.wait_for(lambda: handler.gaps == [["s"]])
+            await e.publish("s", b"2", HISTORY)
+            await handler.wait_for(lambda: [p.data for p in handler.pubs_of("s")][-1:] == [b"2"])
+    run(body())

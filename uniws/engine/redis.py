@@ -15,10 +15,10 @@ Control messages are JSON (`{"uid","m",...}`), not Centrifugo's protobuf Command
 nodes cannot share a Redis with Centrifugo nodes (publications/history are protobuf and
 would interoperate; control would not).
 
-Measured on this machine (2 shared cores, uvloop, one loop, 50-byte payloads): see
-bench/redis_engine.py and the report; client-library figures: redis-py 8.1 asyncio
-(hiredis) 8.3k awaited EVALSHA/s, 23.6k/s with 100 in flight, PUB/SUB receive 52.6k/s;
-coredis 6.9 is slower (see the report). This engine pipelines over hiredis directly.
+Measured (python -m bench.redis_engine, one uvloop loop, 2 shared cores, Redis 7.0):
+~80k publications/s with history (Redis CPU ~0.8 s per 100k: the Lua script), ~320k/s
+without history, ~550k PUB/SUB messages/s received. Why hiredis directly rather than
+redis-py's or coredis's command API: see redis_shards.py.
 """
 
 from __future__ import annotations
@@ -155,6 +155,8 @@ class Shard:
         done.set_result(None)
         for ch in channels:
             self.subscribed[ch] = done
+        if self._lost.is_set():
+            raise ConnectionError("connection lost during setup")
         return channels
 
     async def _run(self) -> None:
@@ -176,9 +178,6 @@ class Shard:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, e.reconnect_max_delay)
                 continue
-            if self._lost.is_set():          # lost again before we could mark it up
-                self.first_attempt.set()
-                continue
             delay = e.reconnect_min_delay
             regained = self.was_up
             self.was_up = True
@@ -199,7 +198,11 @@ class Shard:
         """Fail the shard when a reply or PUB/SUB traffic is overdue (every wait has a timeout)."""
         if self.down_reason is not None:
             return
-        timeout = self.engine.read_timeout
+        timeout, write_timeout = self.engine.read_timeout, self.engine.write_timeout
+        for conn in (self.cmd, self.sub):
+            if conn is not None and conn.write_stalled(now, write_timeout):
+                conn.fail(f"writes stalled for {write_timeout:g}s (redis_write_timeout)")
+                return
         if self.cmd is not None and self.cmd.oldest_age() > timeout:
             self.cmd.fail(f"no reply within {timeout:g}s (redis_read_timeout)")
         elif self.sub is not None:
@@ -226,7 +229,7 @@ class RedisEngine:
     def __init__(self, handler: EngineHandler, addresses: list[RedisAddress], *, node_uid: str,
                  control: bool = True, prefix: str = "centrifugo", history_meta_ttl: float = 0.0,
                  presence_ttl: float = 60.0, presence_update_interval: float = 27.0,
-                 connect_timeout: float = 1.0, read_timeout: float = 5.0,
+                 connect_timeout: float = 1.0, read_timeout: float = 5.0, write_timeout: float = 1.0,
                  reconnect_min_delay: float = 0.05, reconnect_max_delay: float = 5.0,
                  unsubscribe_delay: float = 1.0, node_interval: float = 3.0, node_stale: float = 7.0,
                  survey_timeout: float = 10.0, ping_interval: float = 1.0) -> None:
@@ -241,6 +244,7 @@ class RedisEngine:
         self.presence_update_interval = presence_update_interval
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
         self.reconnect_min_delay = reconnect_min_delay
         self.reconnect_max_delay = reconnect_max_delay
         self.unsubscribe_delay = unsubscribe_delay
@@ -275,6 +279,7 @@ class RedisEngine:
                    presence_ttl=config.presence_ttl,
                    presence_update_interval=config.client_presence_update_interval,
                    connect_timeout=config.redis_connect_timeout, read_timeout=config.redis_read_timeout,
+                   write_timeout=config.redis_write_timeout,
                    reconnect_max_delay=config.redis_reconnect_max_delay, **kwargs)
 
     # -- lifecycle --------------------------------------------------------------------------
