@@ -109,3 +109,29 @@ def redis_servers():
     yield make
     for server in started:
         server.kill()
+
+
+class RedisSentinel(RedisServer):
+    """A `redis-server --sentinel` monitoring `master` as `name` (quorum 1, fast failure
+    detection); its config file lives in `workdir` (sentinel rewrites it)."""
+
+    def __init__(self, master: RedisServer, workdir, name: str = "mymaster") -> None:
+        super().__init__()
+        self.master, self.name, self.workdir = master, name, workdir
+
+    def start(self) -> RedisSentinel:
+        conf = self.workdir / f"sentinel-{self.port}.conf"
+        conf.write_text(f"port {self.port}\nbind 127.0.0.1\n"
+                        f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n"
+                        f"sentinel down-after-milliseconds {self.name} 1000\n"
+                        f"sentinel failover-timeout {self.name} 5000\n")
+        binary = shutil.which("redis-server")
+        self.proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.ready_timeout
+        while not _ping(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"redis sentinel on port {self.port} did not start")
+            time.sleep(0.02)                 # poll interval of the readiness check, not a sync
+        return self

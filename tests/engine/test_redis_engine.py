@@ -25,8 +25,9 @@ FAST_CONTROL = {"node_interval": 0.2, "node_stale": 0.8, "ping_interval": 0.1}
 
 
 @contextlib.asynccontextmanager
-async def engine_on(servers, handler=None, *, uid=None, **opts):
-    engine = RedisEngine(handler or RecordingHandler(uid or "n"), [parse_address(s.address) for s in servers],
+async def engine_on(servers, handler=None, *, uid=None, addresses=None, **opts):
+    engine = RedisEngine(handler or RecordingHandler(uid or "n"),
+                         addresses or [parse_address(s.address) for s in servers],
                          node_uid=uid or str(uuid.uuid4()), **opts)
     await engine.start()
     try:
@@ -383,3 +384,48 @@ def test_stalled_redis_fails_calls_within_read_timeout_then_recovers(redis_serve
             await e.publish("s", b"2", HISTORY)
             await handler.wait_for(lambda: [p.data for p in handler.pubs_of("s")][-1:] == [b"2"])
     run(body())
+
+
+def test_sentinel_finds_the_master_and_follows_a_failover(redis_servers, tmp_path):
+    from tests.redisfixture import RedisSentinel
+    from uniws.engine.redis_shards import parse_sentinel_group
+
+    master = redis_servers(1)[0]
+    replica = RedisServer(extra_args=("--replicaof", "127.0.0.1", str(master.port))).start()
+    sentinel = RedisSentinel(master, tmp_path).start()
+    try:
+        async def body():
+            handler = RecordingHandler()
+            address = parse_sentinel_group(f"127.0.0.1:1,{sentinel.address}", "mymaster")  # first one is dead
+            async with engine_on([], handler, addresses=[address], read_timeout=1.0, reconnect_max_delay=0.2,
+                                 ping_interval=0.1) as e:
+                assert e.healthy() is None
+                await e.subscribe("s")
+                _, epoch = await e.publish("s", b"1", HISTORY)
+                assert master.command("EXISTS", "centrifugo.stream.s") == 1
+                # Wait until the replica has the data and the sentinel knows the replica, then fail over.
+                await handler.wait_for(lambda: replica.command("EXISTS", "centrifugo.stream.s") == 1)
+                # Retried until the sentinel has found the replica fit (NOGOODSLAVE before that).
+                await handler.wait_for(lambda: sentinel.command("SENTINEL", "FAILOVER", "mymaster") == b"OK",
+                                       timeout=20)
+                await handler.wait_for(lambda: replica.command("ROLE")[0] == b"master", timeout=20)
+                # Until sentinel demotes the old master it still takes writes (as with any client).
+                await handler.wait_for(lambda: master.command("ROLE")[0] == b"slave", timeout=20)
+                outcome: list = []
+
+                async def publish_ok():
+                    try:
+                        outcome.append(await e.publish("s", b"2", HISTORY))
+                    except ApiError:
+                        return False
+                    return True
+                async with asyncio.timeout(20):
+                    while not await publish_ok():
+                        await asyncio.sleep(0.1)           # retry interval while the engine reconnects
+                assert outcome[-1][1] == epoch and outcome[-1][0] >= 2     # replicated meta: same epoch
+                assert replica.command("XLEN", "centrifugo.stream.s") >= 2
+                await handler.wait_for(lambda: b"2" in [p.data for p in handler.pubs_of("s")])
+        run(body())
+    finally:
+        sentinel.kill()
+        replica.kill()

@@ -59,8 +59,28 @@ def test_bad_redis_options(tmp_path, wired, doc, expected):
     assert expected in info.value.message
 
 
+def test_sentinel_groups(tmp_path, wired):
+    cfg, warnings = load(tmp_path, {"engine": "redis", "redis_sentinel_address": ["a:1,b:2", "c:3"],
+                                    "redis_sentinel_master_name": "mymaster", "redis_password": "pw",
+                                    "redis_sentinel_password": "spw"})
+    assert warnings == []
+    shards = redis_addresses(cfg)
+    assert [s.sentinels for s in shards] == [(("a", 1), ("b", 2)), (("c", 3),)]
+    assert {(s.master_name, s.password, s.sentinel_password) for s in shards} == {("mymaster", "pw", "spw")}
+
+
+@pytest.mark.parametrize("doc, expected", [
+    ({"redis_sentinel_address": ["a:1"]}, "error creating engine: master name must be set when using Redis Sentinel"),
+    ({"redis_sentinel_address": ["a:1,b"], "redis_sentinel_master_name": "m"},
+     "error creating engine: malformed Redis Sentinel address: 'b'"),
+])
+def test_bad_sentinel_options(tmp_path, wired, doc, expected):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, {"engine": "redis", **doc})
+    assert info.value.message == expected
+
+
 @pytest.mark.parametrize("name, value", [
-    ("redis_sentinel_address", ["127.0.0.1:26379"]), ("redis_sentinel_master_name", "m"),
     ("redis_cluster_address", ["127.0.0.1:7000"]), ("redis_use_lists", True), ("redis_tls", True),
     ("redis_tls_skip_verify", True),
 ])

@@ -9,8 +9,9 @@ atomic inside one worker.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Protocol
+from typing import Any, Protocol
 
 from ..channels import ChannelOptions
 

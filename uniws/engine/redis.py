@@ -43,6 +43,7 @@ from .redis_shards import (
     PubSubConnection,
     RedisAddress,
     RedisReplyError,
+    find_master,
     handshake,
     open_connection,
     pack,
@@ -127,11 +128,18 @@ class Shard:
         """Open both connections, load scripts, subscribe; returns channels re-subscribed."""
         e = self.engine
         self._lost = asyncio.Event()
-        cmd = await open_connection(self.address, lambda: CommandConnection(self._on_lost), e.connect_timeout)
+        address = self.address
+        if address.sentinels:
+            address = await find_master(address, e.connect_timeout, e.read_timeout, lambda reason: None)
+        cmd = await open_connection(address, lambda: CommandConnection(self._on_lost), e.connect_timeout)
         cmd.on_noscript = _eval_instead
         self.cmd = cmd
-        await handshake(cmd, self.address, e.read_timeout)
+        await handshake(cmd, address, e.read_timeout)
         async with asyncio.timeout(e.read_timeout):
+            if address.sentinels:
+                role = await cmd.call(("ROLE",))
+                if role[0] != b"master":
+                    raise ConnectionError(f"{address.host}:{address.port} is a {role[0].decode()}, not the master")
             info = await cmd.call(("INFO", "server"))
             version = server_version(info)
             if version < MIN_VERSION:
@@ -139,10 +147,10 @@ class Shard:
                                    f"{'.'.join(map(str, version)) or 'unknown'}")
             for body in redis_scripts.ALL.values():
                 await cmd.call(("SCRIPT", "LOAD", body))
-        sub = await open_connection(self.address, lambda: PubSubConnection(self._on_lost, e._on_message),
+        sub = await open_connection(address, lambda: PubSubConnection(self._on_lost, e._on_message),
                                     e.connect_timeout)
         self.sub = sub
-        await handshake_pubsub(sub, self.address, e.read_timeout)
+        await handshake_pubsub(sub, address, e.read_timeout)
         names = list(e._control_channels()) if e.control else []
         channels = [ch for ch in e._refs if e._shard_of(ch) is self]
         names += [e._client_key(ch) for ch in channels]

@@ -23,6 +23,7 @@ Why not a client library's command API (python -m bench.redis_clients: one uvloo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -73,9 +74,17 @@ class RedisAddress:
     user: str = ""
     password: str = ""
     db: int = 0
+    # Sentinel mode: the master's host/port above are found by asking these sentinels.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str = ""
+    sentinel_user: str = ""
+    sentinel_password: str = ""
 
     def __str__(self) -> str:
-        where = f"unix://{self.path}" if self.path else f"{self.host}:{self.port}"
+        if self.sentinels:
+            where = f"sentinel {self.master_name}@" + ",".join(f"{h}:{p}" for h, p in self.sentinels)
+        else:
+            where = f"unix://{self.path}" if self.path else f"{self.host}:{self.port}"
         return f"{where}/{self.db}" if self.db else where
 
 
@@ -123,6 +132,22 @@ def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0)
     return RedisAddress(host, port, "", user, password, db)
 
 
+def parse_sentinel_group(text: str, master_name: str, *, user: str = "", password: str = "", db: int = 0,
+                         sentinel_user: str = "", sentinel_password: str = "") -> RedisAddress:
+    """One `redis_sentinel_address` entry: a comma-separated `host:port` list of sentinels."""
+    sentinels = []
+    for item in text.split(","):
+        item = item.strip()
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise AddressError(f"malformed Redis Sentinel address: {item!r}")
+        sentinels.append((host, int(port)))
+    if not master_name:
+        raise AddressError("master name must be set when using Redis Sentinel")
+    return RedisAddress(user=user, password=password, db=db, sentinels=tuple(sentinels), master_name=master_name,
+                        sentinel_user=sentinel_user, sentinel_password=sentinel_password)
+
+
 # -- connections -----------------------------------------------------------------------------
 
 class ConnectionLost(Exception):
@@ -139,6 +164,7 @@ class _Resp(asyncio.Protocol):
         self.closed_reason: str | None = None
         self.last_rx = time.monotonic()
         self._buffered_since: float | None = None
+        self.stopping = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -157,13 +183,14 @@ class _Resp(asyncio.Protocol):
         self.fail(f"connection lost: {exc}" if exc else "connection closed by Redis")
 
     def fail(self, reason: str) -> None:
-        """Close for good (idempotent) and tell the owner once."""
+        """Close for good (idempotent) and tell the owner once (unless closing on purpose)."""
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
         if self._transport is not None:
             self._transport.abort()
-        self._on_lost(reason)
+        if not self.stopping:
+            self._on_lost(reason)
 
     def write(self, data: bytes) -> None:
         if self.closed_reason is None:
@@ -224,6 +251,9 @@ class CommandConnection(_Resp):
             log.error("redis error reply to %s: %s", args[0], reply)
             if not fut.done():
                 fut.set_exception(RedisReplyError(str(reply)))
+            if str(reply).startswith("READONLY"):
+                # Connected to a replica (a failover happened): reconnect, finding the master again.
+                self.fail(f"server is a replica now ({reply})")
             return
         if fut.done():
             return
@@ -344,6 +374,31 @@ async def handshake(conn: CommandConnection, address: RedisAddress, timeout: flo
     async with asyncio.timeout(timeout):
         for call in calls:
             await call
+
+
+async def find_master(address: RedisAddress, connect_timeout: float, read_timeout: float,
+                      on_lost: Callable[[str], None]) -> RedisAddress:
+    """Ask the sentinels, in order, where the master is; the address with its host/port."""
+    problems = []
+    for host, port in address.sentinels:
+        sentinel = RedisAddress(host, port, user=address.sentinel_user, password=address.sentinel_password)
+        conn = None
+        try:
+            conn = await open_connection(sentinel, lambda: CommandConnection(on_lost), connect_timeout)
+            await handshake(conn, sentinel, read_timeout)
+            async with asyncio.timeout(read_timeout):
+                reply = await conn.call(("SENTINEL", "get-master-addr-by-name", address.master_name))
+        except (OSError, TimeoutError, ApiError) as exc:
+            problems.append(f"{host}:{port}: {type(exc).__name__} {exc}".strip())
+            continue
+        finally:
+            if conn is not None:
+                conn.stopping = True
+                conn.fail("sentinel asked")
+        if reply:
+            return dataclasses.replace(address, host=reply[0].decode(), port=int(reply[1]))
+        problems.append(f"{host}:{port}: does not know master {address.master_name!r}")
+    raise ConnectionError("no sentinel gave the master: " + "; ".join(problems))
 
 
 def server_version(info: bytes) -> tuple[int, ...]:
