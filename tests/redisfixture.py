@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,21 +24,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ping(port: int) -> bool:
+def _client_tls() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _connect(port: int, tls: bool, timeout: float) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return _client_tls().wrap_socket(sock) if tls else sock
+
+
+def _ping(port: int, tls: bool = False) -> bool:
     """Ready when it answers at all (+PONG, or -NOAUTH from a password-protected server)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+        with _connect(port, tls, 0.5) as s:
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
 
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """(cert, key) of a throwaway self-signed certificate for 127.0.0.1 (openssl CLI)."""
+    cert, key = directory / "redis.crt", directory / "redis.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 class RedisServer:
     def __init__(self, port: int | None = None, ready_timeout: float = READY_TIMEOUT,
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), tls_dir: Path | None = None) -> None:
+        """`tls_dir`: serve TLS only (self-signed certificate written there)."""
         self.port = port or free_port()
         self.extra_args = extra_args
+        self.tls = tls_dir is not None
+        if tls_dir is not None:
+            cert, key = self_signed_cert(tls_dir)
+            self.extra_args += ("--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                                "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                                "--tls-auth-clients", "no")
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen | None = None
 
@@ -53,7 +83,7 @@ class RedisServer:
              *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + self.ready_timeout
-        while not _ping(self.port):
+        while not _ping(self.port, self.tls):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server on port {self.port} exited with {self.proc.returncode}")
             if time.monotonic() > deadline:
@@ -74,7 +104,7 @@ class RedisServer:
         import hiredis
 
         reader = hiredis.Reader()
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+        with _connect(self.port, self.tls, 5) as s:
             s.sendall(b"".join(hiredis.pack_command(c) for c in (*prefix, args)))
             skip = len(prefix)
             while skip:

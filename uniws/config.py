@@ -67,6 +67,7 @@ SUPPORTED = frozenset(
         "redis_connect_timeout", "redis_read_timeout", "redis_write_timeout", "redis_reconnect_max_delay",
         "presence_ttl", "client_presence_update_interval",
         "redis_sentinel_address", "redis_sentinel_master_name", "redis_sentinel_user", "redis_sentinel_password",
+        "redis_tls", "redis_tls_skip_verify",
     }
 )  # fmt: skip
 
@@ -903,7 +904,8 @@ def redis_addresses(config: Any) -> list[Any]:
             return [parse_sentinel_group(entry, get("redis_sentinel_master_name"), user=get("redis_user"),
                                          password=get("redis_password"), db=get("redis_db"),
                                          sentinel_user=get("redis_sentinel_user"),
-                                         sentinel_password=get("redis_sentinel_password"))
+                                         sentinel_password=get("redis_sentinel_password"),
+                                         tls=get("redis_tls"), tls_skip_verify=get("redis_tls_skip_verify"))
                     for entry in get("redis_sentinel_address")]
         except AddressError as exc:
             raise ConfigError(f"error creating engine: {exc}") from None
@@ -914,7 +916,8 @@ def redis_addresses(config: Any) -> list[Any]:
     for entry in entries:
         try:
             out.append(parse_address(entry, user=get("redis_user"), password=get("redis_password"),
-                                     db=get("redis_db")))
+                                     db=get("redis_db"), tls=get("redis_tls"),
+                                     tls_skip_verify=get("redis_tls_skip_verify")))
         except AddressError as exc:
             raise ConfigError(f'option "redis_address": {exc}') from None
     return out
@@ -953,7 +956,6 @@ _REFUSED: tuple[tuple[str, str], ...] = (
     ("sockjs", "the SockJS transport is not supported"),
     ("redis_cluster_address", "Redis Cluster is not supported; use redis_address (one entry per shard)"),
     ("redis_use_lists", "legacy LIST history is not supported; uniws needs Redis >= 5.0.1 streams"),
-    ("redis_tls", "TLS to Redis is not supported yet; use a TLS tunnel (e.g. stunnel) or a unix socket"),
 )
 _NOT_REFUSED = frozenset({"admin_password", "admin_secret"})
 

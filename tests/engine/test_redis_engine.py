@@ -429,3 +429,30 @@ def test_sentinel_finds_the_master_and_follows_a_failover(redis_servers, tmp_pat
     finally:
         sentinel.kill()
         replica.kill()
+
+
+def test_tls_verifies_the_server_unless_told_to_skip(tmp_path):
+    server = RedisServer(tls_dir=tmp_path).start()
+    try:
+        async def body():
+            strict = RedisEngine(RecordingHandler(), [parse_address(f"rediss://{server.address}")], node_uid="s",
+                                 reconnect_max_delay=0.2)
+            await strict.start()
+            try:
+                assert "CERTIFICATE_VERIFY_FAILED" in strict.healthy()       # self-signed: refused
+            finally:
+                await strict.close()
+            lax = RedisEngine(RecordingHandler(), [parse_address(server.address, tls=True, tls_skip_verify=True)],
+                              node_uid="l")
+            await lax.start()
+            try:
+                assert lax.healthy() is None
+                await lax.subscribe("t")
+                assert (await lax.publish("t", b"1", HISTORY))[0] == 1
+                await lax.presence("t")
+            finally:
+                await lax.close()
+        run(body())
+        assert server.command("XLEN", "centrifugo.stream.t") == 1
+    finally:
+        server.kill()

@@ -1,8 +1,8 @@
 """Redis shards: address forms, channel -> shard selection, and the two connections of a shard.
 
 Addresses (spec 07 §4.10): `host:port`, `redis://[user][:password]@host:port[/db]`,
-`tcp://...` (same), `unix:///path/to.sock`; user/password/db in the URL override the
-options. Several addresses = independent shards; a channel's shard is the jump consistent
+`tcp://...` (same), `rediss://...` (TLS), `unix:///path/to.sock`; user/password/db in the
+URL override the options; a sentinel group is a comma-separated `host:port` list. Several addresses = independent shards; a channel's shard is the jump consistent
 hash of its FNV-1a 64 hash (08 §8.3).
 
 Connections are thin asyncio protocols over hiredis's RESP parser (the parser redis-py
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -74,6 +75,8 @@ class RedisAddress:
     user: str = ""
     password: str = ""
     db: int = 0
+    tls: bool = False
+    tls_skip_verify: bool = False
     # Sentinel mode: the master's host/port above are found by asking these sentinels.
     sentinels: tuple[tuple[str, int], ...] = ()
     master_name: str = ""
@@ -92,7 +95,8 @@ class AddressError(ValueError):
     pass
 
 
-def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0) -> RedisAddress:
+def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0, tls: bool = False,
+                  tls_skip_verify: bool = False) -> RedisAddress:
     """One `redis_address` entry; the option values are defaults the URL may override."""
     text = text.strip()
     if not text:
@@ -108,8 +112,8 @@ def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0)
             raise AddressError(f"malformed Redis unix address {text!r} (want unix:///path/to.sock)")
         return RedisAddress(path=parts.path, user=user, password=password, db=db)
     if parts.scheme == "rediss":
-        raise AddressError(f"TLS to Redis is not supported yet ({text!r})")
-    if parts.scheme not in ("redis", "tcp"):
+        tls = True
+    elif parts.scheme not in ("redis", "tcp"):
         raise AddressError(f"unsupported Redis address scheme {parts.scheme!r} in {text!r}")
     try:
         port = parts.port
@@ -129,11 +133,12 @@ def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0)
         db = int(path)
     if parts.query or parts.fragment:
         raise AddressError(f"malformed Redis address {text!r}: query strings are not supported")
-    return RedisAddress(host, port, "", user, password, db)
+    return RedisAddress(host, port, "", user, password, db, tls, tls_skip_verify)
 
 
 def parse_sentinel_group(text: str, master_name: str, *, user: str = "", password: str = "", db: int = 0,
-                         sentinel_user: str = "", sentinel_password: str = "") -> RedisAddress:
+                         sentinel_user: str = "", sentinel_password: str = "", tls: bool = False,
+                         tls_skip_verify: bool = False) -> RedisAddress:
     """One `redis_sentinel_address` entry: a comma-separated `host:port` list of sentinels."""
     sentinels = []
     for item in text.split(","):
@@ -144,7 +149,8 @@ def parse_sentinel_group(text: str, master_name: str, *, user: str = "", passwor
         sentinels.append((host, int(port)))
     if not master_name:
         raise AddressError("master name must be set when using Redis Sentinel")
-    return RedisAddress(user=user, password=password, db=db, sentinels=tuple(sentinels), master_name=master_name,
+    return RedisAddress(user=user, password=password, db=db, tls=tls, tls_skip_verify=tls_skip_verify,
+                        sentinels=tuple(sentinels), master_name=master_name,
                         sentinel_user=sentinel_user, sentinel_password=sentinel_password)
 
 
@@ -351,14 +357,27 @@ class PubSubConnection(_Resp):
         super().fail(reason)
 
 
+def _tls_context(address: RedisAddress) -> ssl.SSLContext | None:
+    """TLS (`redis_tls` or `rediss://`): the system's CAs, or no verification at all with
+    `redis_tls_skip_verify`."""
+    if not address.tls:
+        return None
+    context = ssl.create_default_context()
+    if address.tls_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 async def open_connection(address: RedisAddress, factory: Callable[[], _Resp], timeout: float) -> _Resp:
-    """Connect, authenticate and select the database, all within `timeout` seconds."""
+    """Connect (with the TLS handshake when asked) within `timeout` seconds."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
         if address.path:
             _, proto = await loop.create_unix_connection(factory, address.path)
         else:
-            _, proto = await loop.create_connection(factory, address.host, address.port)
+            _, proto = await loop.create_connection(factory, address.host, address.port,
+                                                    ssl=_tls_context(address))
     return proto
 
 
