@@ -276,6 +276,7 @@ class RedisEngine:
         self._survey_ids = itertools.count(1)
         self._rr = itertools.count()
         self._tasks: list[asyncio.Task] = []
+        self._survey_tasks: set[asyncio.Task] = set()
         self._closed = False
 
     @classmethod
@@ -317,8 +318,9 @@ class RedisEngine:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
+        for task in (*self._tasks, *self._survey_tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, *self._survey_tasks, return_exceptions=True)
         if self.control and any(s.up for s in self.shards):
             try:
                 async with asyncio.timeout(self.read_timeout):
@@ -602,7 +604,11 @@ class RedisEngine:
         elif method == "cmd":
             self.handler.handle_control(msg.get("op", ""), msg.get("args") or {})
         elif method == "survey":
-            asyncio.get_running_loop().create_task(self._answer_survey(uid, msg))
+            # Surveys are rare (API `channels`): one task each, held until done (the loop
+            # keeps only weak references to tasks).
+            task = asyncio.get_running_loop().create_task(self._answer_survey(uid, msg))
+            self._survey_tasks.add(task)
+            task.add_done_callback(self._survey_tasks.discard)
         elif method == "survey_resp":
             entry = self._surveys.get(msg.get("id"))
             if entry is None:
