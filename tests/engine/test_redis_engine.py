@@ -456,3 +456,45 @@ def test_tls_verifies_the_server_unless_told_to_skip(tmp_path):
         assert server.command("XLEN", "centrifugo.stream.t") == 1
     finally:
         server.kill()
+
+
+def test_one_shard_down_fails_only_its_channels(redis_servers):
+    servers = redis_servers(2)
+    on0 = next(f"c{i}" for i in range(100) if shard_index(f"c{i}", 2) == 0)
+    on1 = next(f"c{i}" for i in range(100) if shard_index(f"c{i}", 2) == 1)
+
+    async def body():
+        handler = RecordingHandler()
+        async with engine_on(servers, handler, uid="A", reconnect_max_delay=0.2, ping_interval=0.1) as e:
+            await e.subscribe(on0)
+            await e.subscribe(on1)
+            servers[1].kill()
+            await handler.wait_for(lambda: e.healthy() is not None)
+            assert servers[1].address in e.healthy() and servers[0].address not in e.healthy()
+            assert (await e.publish(on0, b"1", HISTORY))[0] == 1
+            await e.publish_control("refresh", {"user": "u"})          # control goes over the live shard
+            with pytest.raises(ApiError):
+                await e.publish(on1, b"1", HISTORY)
+            with pytest.raises(ApiError):
+                await e.presence(on1)
+            servers[1].start()
+            await handler.wait_for(lambda: e.healthy() is None)
+            await handler.wait_for(lambda: handler.gaps == [[on1]])     # only the shard that was lost
+            assert (await e.publish(on1, b"2", HISTORY))[0] == 1        # data lost with the restart: new stream
+            await handler.wait_for(lambda: len(handler.pubs_of(on1)) == 1)
+    run(body())
+
+
+def test_presence_restored_by_refresh_after_redis_lost_it(redis_server):
+    async def body():
+        handler = RecordingHandler()
+        async with engine_on([redis_server], handler, presence_update_interval=0.2, reconnect_max_delay=0.2,
+                             ping_interval=0.1) as e:
+            info = b'{"user":"u","client":"c"}'
+            await e.add_presence("p", "c", info)
+            redis_server.kill()
+            redis_server.start()
+            await handler.wait_for(lambda: e.healthy() is None and
+                                   redis_server.command("HKEYS", "centrifugo.presence.data.p") == [b"c"])
+            assert await e.presence("p") == {"c": info}
+    run(body())
