@@ -291,6 +291,9 @@ class RedisEngine:
                    write_timeout=config.redis_write_timeout,
                    reconnect_max_delay=config.redis_reconnect_max_delay, **kwargs)
 
+    def set_handler(self, handler: EngineHandler) -> None:
+        self.handler = handler
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
