@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,10 +79,13 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server not installed (see .ci/deps)")
+        # Its own working directory: a replica writes the RDB it receives there.
+        self.workdir = tempfile.mkdtemp(prefix="uniws-redis-")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.workdir,
              *self.extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + self.ready_timeout
         while not _ping(self.port, self.tls):
             if self.proc.poll() is not None:
@@ -97,6 +101,9 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self.proc = None
+        if getattr(self, "workdir", None):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     def command(self, *args: str | bytes, prefix: tuple = ()) -> object:
         """One command over a fresh connection, for assertions (hiredis parses the reply);
@@ -143,20 +150,20 @@ def redis_servers():
 
 class RedisSentinel(RedisServer):
     """A `redis-server --sentinel` monitoring `master` as `name` (quorum 1, fast failure
-    detection); its config file lives in `workdir` (sentinel rewrites it)."""
+    detection); its config file lives in `workdir` (sentinel rewrites it), also its cwd."""
 
     def __init__(self, master: RedisServer, workdir, name: str = "mymaster") -> None:
         super().__init__()
-        self.master, self.name, self.workdir = master, name, workdir
+        self.master, self.name, self.confdir = master, name, workdir
 
     def start(self) -> RedisSentinel:
-        conf = self.workdir / f"sentinel-{self.port}.conf"
+        conf = self.confdir / f"sentinel-{self.port}.conf"
         conf.write_text(f"port {self.port}\nbind 127.0.0.1\n"
                         f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n"
                         f"sentinel down-after-milliseconds {self.name} 1000\n"
                         f"sentinel failover-timeout {self.name} 5000\n")
         binary = shutil.which("redis-server")
-        self.proc = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([binary, str(conf), "--sentinel"], cwd=self.confdir, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + self.ready_timeout
         while not _ping(self.port):
