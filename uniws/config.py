@@ -66,6 +66,8 @@ SUPPORTED = frozenset(
         "redis_address", "redis_password", "redis_user", "redis_db", "redis_prefix",
         "redis_connect_timeout", "redis_read_timeout", "redis_write_timeout", "redis_reconnect_max_delay",
         "presence_ttl", "client_presence_update_interval",
+        "redis_sentinel_address", "redis_sentinel_master_name", "redis_sentinel_user", "redis_sentinel_password",
+        "redis_tls", "redis_tls_skip_verify",
     }
 )  # fmt: skip
 
@@ -894,9 +896,19 @@ def _check_redis(values: Mapping[str, Any]) -> None:
 
 def redis_addresses(config: Any) -> list[Any]:
     """The shards' parsed addresses from a Config or the raw option values."""
-    from uniws.engine.redis_shards import AddressError, parse_address
+    from uniws.engine.redis_shards import AddressError, parse_address, parse_sentinel_group
 
     get = config.get if isinstance(config, Mapping) else lambda name: getattr(config, name)
+    if get("redis_sentinel_address"):       # sentinel mode: one entry (sentinel list) per shard
+        try:
+            return [parse_sentinel_group(entry, get("redis_sentinel_master_name"), user=get("redis_user"),
+                                         password=get("redis_password"), db=get("redis_db"),
+                                         sentinel_user=get("redis_sentinel_user"),
+                                         sentinel_password=get("redis_sentinel_password"),
+                                         tls=get("redis_tls"), tls_skip_verify=get("redis_tls_skip_verify"))
+                    for entry in get("redis_sentinel_address")]
+        except AddressError as exc:
+            raise ConfigError(f"error creating engine: {exc}") from None
     entries = get("redis_address")
     if not entries:
         raise ConfigError('option "redis_address" must name at least one Redis server')
@@ -904,7 +916,8 @@ def redis_addresses(config: Any) -> list[Any]:
     for entry in entries:
         try:
             out.append(parse_address(entry, user=get("redis_user"), password=get("redis_password"),
-                                     db=get("redis_db")))
+                                     db=get("redis_db"), tls=get("redis_tls"),
+                                     tls_skip_verify=get("redis_tls_skip_verify")))
         except AddressError as exc:
             raise ConfigError(f'option "redis_address": {exc}') from None
     return out
@@ -941,10 +954,8 @@ _REFUSED: tuple[tuple[str, str], ...] = (
     ("tls", "TLS is not supported yet; terminate TLS in a proxy in front of uniws"),
     ("admin", "the admin UI and admin API are not supported yet"),
     ("sockjs", "the SockJS transport is not supported"),
-    ("redis_sentinel", "Redis Sentinel is not supported yet; use redis_address (one entry per shard)"),
     ("redis_cluster_address", "Redis Cluster is not supported; use redis_address (one entry per shard)"),
     ("redis_use_lists", "legacy LIST history is not supported; uniws needs Redis >= 5.0.1 streams"),
-    ("redis_tls", "TLS to Redis is not supported yet; use a TLS tunnel (e.g. stunnel) or a unix socket"),
 )
 _NOT_REFUSED = frozenset({"admin_password", "admin_secret"})
 

@@ -25,8 +25,9 @@ FAST_CONTROL = {"node_interval": 0.2, "node_stale": 0.8, "ping_interval": 0.1}
 
 
 @contextlib.asynccontextmanager
-async def engine_on(servers, handler=None, *, uid=None, **opts):
-    engine = RedisEngine(handler or RecordingHandler(uid or "n"), [parse_address(s.address) for s in servers],
+async def engine_on(servers, handler=None, *, uid=None, addresses=None, **opts):
+    engine = RedisEngine(handler or RecordingHandler(uid or "n"),
+                         addresses or [parse_address(s.address) for s in servers],
                          node_uid=uid or str(uuid.uuid4()), **opts)
     await engine.start()
     try:
@@ -358,3 +359,142 @@ def test_engine_from_config(redis_server, tmp_path, monkeypatch):
             await engine.close()
     run(body())
     assert redis_server.command("EXISTS", "cfg.stream.k", prefix=(("SELECT", "1"),)) == 1
+
+
+def test_stalled_redis_fails_calls_within_read_timeout_then_recovers(redis_server):
+    import os
+    import signal
+
+    async def body():
+        handler = RecordingHandler()
+        async with engine_on([redis_server], handler, read_timeout=0.5, ping_interval=0.1,
+                             reconnect_max_delay=0.2, connect_timeout=0.3) as e:
+            await e.subscribe("s")
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(ApiError) as err:
+                    await e.publish("s", b"1", HISTORY)
+                assert err.value.code == 100 and time.monotonic() - started < 2
+                assert "redis_read_timeout" in e.healthy() or "cannot connect" in e.healthy()
+            finally:
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+            await handler.wait_for(lambda: e.healthy() is None)
+            await handler.wait_for(lambda: handler.gaps == [["s"]])
+            await e.publish("s", b"2", HISTORY)
+            await handler.wait_for(lambda: [p.data for p in handler.pubs_of("s")][-1:] == [b"2"])
+    run(body())
+
+
+def test_sentinel_finds_the_master_and_follows_a_failover(redis_servers, tmp_path):
+    from tests.redisfixture import RedisSentinel
+    from uniws.engine.redis_shards import parse_sentinel_group
+
+    master = redis_servers(1)[0]
+    replica = RedisServer(extra_args=("--replicaof", "127.0.0.1", str(master.port))).start()
+    sentinel = RedisSentinel(master, tmp_path).start()
+    try:
+        async def body():
+            handler = RecordingHandler()
+            address = parse_sentinel_group(f"127.0.0.1:1,{sentinel.address}", "mymaster")  # first one is dead
+            async with engine_on([], handler, addresses=[address], read_timeout=1.0, reconnect_max_delay=0.2,
+                                 ping_interval=0.1) as e:
+                assert e.healthy() is None
+                await e.subscribe("s")
+                _, epoch = await e.publish("s", b"1", HISTORY)
+                assert master.command("EXISTS", "centrifugo.stream.s") == 1
+                # Wait until the replica has the data and the sentinel knows the replica, then fail over.
+                await handler.wait_for(lambda: replica.command("EXISTS", "centrifugo.stream.s") == 1)
+                # Retried until the sentinel has found the replica fit (NOGOODSLAVE before that).
+                await handler.wait_for(lambda: sentinel.command("SENTINEL", "FAILOVER", "mymaster") == b"OK",
+                                       timeout=20)
+                await handler.wait_for(lambda: replica.command("ROLE")[0] == b"master", timeout=20)
+                # Until sentinel demotes the old master it still takes writes (as with any client).
+                await handler.wait_for(lambda: master.command("ROLE")[0] == b"slave", timeout=20)
+                outcome: list = []
+
+                async def publish_ok():
+                    try:
+                        outcome.append(await e.publish("s", b"2", HISTORY))
+                    except ApiError:
+                        return False
+                    return True
+                async with asyncio.timeout(20):
+                    while not await publish_ok():
+                        await asyncio.sleep(0.1)           # retry interval while the engine reconnects
+                assert outcome[-1][1] == epoch and outcome[-1][0] >= 2     # replicated meta: same epoch
+                assert replica.command("XLEN", "centrifugo.stream.s") >= 2
+                await handler.wait_for(lambda: b"2" in [p.data for p in handler.pubs_of("s")])
+        run(body())
+    finally:
+        sentinel.kill()
+        replica.kill()
+
+
+def test_tls_verifies_the_server_unless_told_to_skip(tmp_path):
+    server = RedisServer(tls_dir=tmp_path).start()
+    try:
+        async def body():
+            strict = RedisEngine(RecordingHandler(), [parse_address(f"rediss://{server.address}")], node_uid="s",
+                                 reconnect_max_delay=0.2)
+            await strict.start()
+            try:
+                assert "CERTIFICATE_VERIFY_FAILED" in strict.healthy()       # self-signed: refused
+            finally:
+                await strict.close()
+            lax = RedisEngine(RecordingHandler(), [parse_address(server.address, tls=True, tls_skip_verify=True)],
+                              node_uid="l")
+            await lax.start()
+            try:
+                assert lax.healthy() is None
+                await lax.subscribe("t")
+                assert (await lax.publish("t", b"1", HISTORY))[0] == 1
+                await lax.presence("t")
+            finally:
+                await lax.close()
+        run(body())
+        assert server.command("XLEN", "centrifugo.stream.t") == 1
+    finally:
+        server.kill()
+
+
+def test_one_shard_down_fails_only_its_channels(redis_servers):
+    servers = redis_servers(2)
+    on0 = next(f"c{i}" for i in range(100) if shard_index(f"c{i}", 2) == 0)
+    on1 = next(f"c{i}" for i in range(100) if shard_index(f"c{i}", 2) == 1)
+
+    async def body():
+        handler = RecordingHandler()
+        async with engine_on(servers, handler, uid="A", reconnect_max_delay=0.2, ping_interval=0.1) as e:
+            await e.subscribe(on0)
+            await e.subscribe(on1)
+            servers[1].kill()
+            await handler.wait_for(lambda: e.healthy() is not None)
+            assert servers[1].address in e.healthy() and servers[0].address not in e.healthy()
+            assert (await e.publish(on0, b"1", HISTORY))[0] == 1
+            await e.publish_control("refresh", {"user": "u"})          # control goes over the live shard
+            with pytest.raises(ApiError):
+                await e.publish(on1, b"1", HISTORY)
+            with pytest.raises(ApiError):
+                await e.presence(on1)
+            servers[1].start()
+            await handler.wait_for(lambda: e.healthy() is None)
+            await handler.wait_for(lambda: handler.gaps == [[on1]])     # only the shard that was lost
+            assert (await e.publish(on1, b"2", HISTORY))[0] == 1        # data lost with the restart: new stream
+            await handler.wait_for(lambda: len(handler.pubs_of(on1)) == 1)
+    run(body())
+
+
+def test_presence_restored_by_refresh_after_redis_lost_it(redis_server):
+    async def body():
+        handler = RecordingHandler()
+        async with engine_on([redis_server], handler, presence_update_interval=0.2, reconnect_max_delay=0.2,
+                             ping_interval=0.1) as e:
+            info = b'{"user":"u","client":"c"}'
+            await e.add_presence("p", "c", info)
+            redis_server.kill()
+            redis_server.start()
+            await handler.wait_for(lambda: e.healthy() is None and
+                                   redis_server.command("HKEYS", "centrifugo.presence.data.p") == [b"c"])
+            assert await e.presence("p") == {"c": info}
+    run(body())

@@ -72,10 +72,11 @@ def test_address_forms():
     assert parse_address("redis://x:y@h:2", user="ou", password="op") == RedisAddress("h", 2, "", "x", "y", 0)
     assert parse_address("unix:///run/redis.sock", db=2) == RedisAddress(path="/run/redis.sock", db=2)
     assert str(parse_address("h:1/2")) == "h:1/2"
+    assert parse_address("rediss://h:1").tls and not parse_address("redis://h:1").tls
 
 
 @pytest.mark.parametrize("bad", ["", "host", "host:", "host:notaport", "redis://h:1/x", "http://h:1",
-                                 "unix://", "rediss://h:1", "h:99999", "redis://h:1?db=2"])
+                                 "unix://", "h:99999", "redis://h:1?db=2"])
 def test_bad_addresses_are_refused(bad):
     with pytest.raises(AddressError):
         parse_address(bad)

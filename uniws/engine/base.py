@@ -18,6 +18,7 @@ Delivery goes through the engine: the node learns of every publication, join and
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 

@@ -14,7 +14,7 @@ import random
 import string
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 
@@ -31,7 +31,7 @@ def new_epoch() -> str:
 
 
 class Stream:
-    __slots__ = ("epoch", "top", "pubs", "expire_at", "remove_at")
+    __slots__ = ("epoch", "expire_at", "pubs", "remove_at", "top")
 
     def __init__(self) -> None:
         self.epoch = new_epoch()

@@ -15,10 +15,10 @@ Control messages are JSON (`{"uid","m",...}`), not Centrifugo's protobuf Command
 nodes cannot share a Redis with Centrifugo nodes (publications/history are protobuf and
 would interoperate; control would not).
 
-Measured on this machine (2 shared cores, uvloop, one loop, 50-byte payloads): see
-bench/redis_engine.py and the report; client-library figures: redis-py 8.1 asyncio
-(hiredis) 8.3k awaited EVALSHA/s, 23.6k/s with 100 in flight, PUB/SUB receive 52.6k/s;
-coredis 6.9 is slower (see the report). This engine pipelines over hiredis directly.
+Measured (python -m bench.redis_engine, one uvloop loop, 2 shared cores, Redis 7.0):
+~80k publications/s with history (Redis CPU ~0.8 s per 100k: the Lua script), ~320k/s
+without history, ~550k PUB/SUB messages/s received. Why hiredis directly rather than
+redis-py's or coredis's command API: see redis_shards.py.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from .redis_shards import (
     PubSubConnection,
     RedisAddress,
     RedisReplyError,
+    find_master,
     handshake,
     open_connection,
     pack,
@@ -130,11 +131,18 @@ class Shard:
         """Open both connections, load scripts, subscribe; returns channels re-subscribed."""
         e = self.engine
         self._lost = asyncio.Event()
-        cmd = await open_connection(self.address, lambda: CommandConnection(self._on_lost), e.connect_timeout)
+        address = self.address
+        if address.sentinels:
+            address = await find_master(address, e.connect_timeout, e.read_timeout, lambda reason: None)
+        cmd = await open_connection(address, lambda: CommandConnection(self._on_lost), e.connect_timeout)
         cmd.on_noscript = _eval_instead
         self.cmd = cmd
-        await handshake(cmd, self.address, e.read_timeout)
+        await handshake(cmd, address, e.read_timeout)
         async with asyncio.timeout(e.read_timeout):
+            if address.sentinels:
+                role = await cmd.call(("ROLE",))
+                if role[0] != b"master":
+                    raise ConnectionError(f"{address.host}:{address.port} is a {role[0].decode()}, not the master")
             info = await cmd.call(("INFO", "server"))
             version = server_version(info)
             if version < MIN_VERSION:
@@ -142,10 +150,10 @@ class Shard:
                                    f"{'.'.join(map(str, version)) or 'unknown'}")
             for body in redis_scripts.ALL.values():
                 await cmd.call(("SCRIPT", "LOAD", body))
-        sub = await open_connection(self.address, lambda: PubSubConnection(self._on_lost, e._on_message),
+        sub = await open_connection(address, lambda: PubSubConnection(self._on_lost, e._on_message),
                                     e.connect_timeout)
         self.sub = sub
-        await handshake_pubsub(sub, self.address, e.read_timeout)
+        await handshake_pubsub(sub, address, e.read_timeout)
         names = list(e._control_channels()) if e.control else []
         channels = [ch for ch in e._refs if e._shard_of(ch) is self]
         names += [e._client_key(ch) for ch in channels]
@@ -158,6 +166,8 @@ class Shard:
         done.set_result(None)
         for ch in channels:
             self.subscribed[ch] = done
+        if self._lost.is_set():
+            raise ConnectionError("connection lost during setup")
         return channels
 
     async def _run(self) -> None:
@@ -179,9 +189,6 @@ class Shard:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, e.reconnect_max_delay)
                 continue
-            if self._lost.is_set():          # lost again before we could mark it up
-                self.first_attempt.set()
-                continue
             delay = e.reconnect_min_delay
             regained = self.was_up
             self.was_up = True
@@ -202,7 +209,11 @@ class Shard:
         """Fail the shard when a reply or PUB/SUB traffic is overdue (every wait has a timeout)."""
         if self.down_reason is not None:
             return
-        timeout = self.engine.read_timeout
+        timeout, write_timeout = self.engine.read_timeout, self.engine.write_timeout
+        for conn in (self.cmd, self.sub):
+            if conn is not None and conn.write_stalled(now, write_timeout):
+                conn.fail(f"writes stalled for {write_timeout:g}s (redis_write_timeout)")
+                return
         if self.cmd is not None and self.cmd.oldest_age() > timeout:
             self.cmd.fail(f"no reply within {timeout:g}s (redis_read_timeout)")
         elif self.sub is not None:
@@ -229,7 +240,7 @@ class RedisEngine:
     def __init__(self, handler: EngineHandler, addresses: list[RedisAddress], *, node_uid: str,
                  control: bool = True, prefix: str = "centrifugo", history_meta_ttl: float = 0.0,
                  presence_ttl: float = 60.0, presence_update_interval: float = 27.0,
-                 connect_timeout: float = 1.0, read_timeout: float = 5.0,
+                 connect_timeout: float = 1.0, read_timeout: float = 5.0, write_timeout: float = 1.0,
                  reconnect_min_delay: float = 0.05, reconnect_max_delay: float = 5.0,
                  unsubscribe_delay: float = 1.0, node_interval: float = 3.0, node_stale: float = 7.0,
                  survey_timeout: float = 10.0, ping_interval: float = 1.0) -> None:
@@ -244,6 +255,7 @@ class RedisEngine:
         self.presence_update_interval = presence_update_interval
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
         self.reconnect_min_delay = reconnect_min_delay
         self.reconnect_max_delay = reconnect_max_delay
         self.unsubscribe_delay = unsubscribe_delay
@@ -267,6 +279,7 @@ class RedisEngine:
         self._survey_ids = itertools.count(1)
         self._rr = itertools.count()
         self._tasks: list[asyncio.Task] = []
+        self._survey_tasks: set[asyncio.Task] = set()
         self._closed = False
 
     @classmethod
@@ -278,7 +291,11 @@ class RedisEngine:
                    presence_ttl=config.presence_ttl,
                    presence_update_interval=config.client_presence_update_interval,
                    connect_timeout=config.redis_connect_timeout, read_timeout=config.redis_read_timeout,
+                   write_timeout=config.redis_write_timeout,
                    reconnect_max_delay=config.redis_reconnect_max_delay, **kwargs)
+
+    def set_handler(self, handler: EngineHandler) -> None:
+        self.handler = handler
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -307,8 +324,9 @@ class RedisEngine:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
+        for task in (*self._tasks, *self._survey_tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, *self._survey_tasks, return_exceptions=True)
         if self.control and any(s.up for s in self.shards):
             try:
                 async with asyncio.timeout(self.read_timeout):
@@ -591,7 +609,11 @@ class RedisEngine:
         elif method == "cmd":
             self.handler.handle_control(msg.get("op", ""), msg.get("args") or {})
         elif method == "survey":
-            asyncio.get_running_loop().create_task(self._answer_survey(uid, msg))
+            # Surveys are rare (API `channels`): one task each, held until done (the loop
+            # keeps only weak references to tasks).
+            task = asyncio.get_running_loop().create_task(self._answer_survey(uid, msg))
+            self._survey_tasks.add(task)
+            task.add_done_callback(self._survey_tasks.discard)
         elif method == "survey_resp":
             entry = self._surveys.get(msg.get("id"))
             if entry is None:

@@ -1,24 +1,31 @@
 """Redis shards: address forms, channel -> shard selection, and the two connections of a shard.
 
 Addresses (spec 07 §4.10): `host:port`, `redis://[user][:password]@host:port[/db]`,
-`tcp://...` (same), `unix:///path/to.sock`; user/password/db in the URL override the
-options. Several addresses = independent shards; a channel's shard is the jump consistent
+`tcp://...` (same), `rediss://...` (TLS), `unix:///path/to.sock`; user/password/db in the
+URL override the options; a sentinel group is a comma-separated `host:port` list. Several addresses = independent shards; a channel's shard is the jump consistent
 hash of its FNV-1a 64 hash (08 §8.3).
 
 Connections are thin asyncio protocols over hiredis's RESP parser (the parser redis-py
 uses), not a client library's command objects: a command connection pipelines every
 command issued in one loop turn into one write and resolves a Future per reply in order
 (no task per command); the PUB/SUB connection calls back for every message straight from
-`data_received`, in arrival order (no task per message). Measured on one uvloop loop
-(bench/redis_engine.py, see the engine's docstring): redis-py's client does ~8k awaited
-EVALSHA/s (24k/s with 100 concurrent) and coredis is in the same range, while the
-pipelined connection here does several times that.
+`data_received`, in arrival order (no task per message).
+
+Why not a client library's command API (python -m bench.redis_clients: one uvloop loop,
+2 shared cores at load ~0.8, Redis 7.0, a 2-command Lua script, 50-byte payloads):
+
+    EVALSHA/s               awaited one by one   100 in flight   PUB/SUB received/s
+    redis-py 8.1 + hiredis             11.1k           23.8k                48.2k
+    coredis 6.9                         4.9k           11.5k                  n/a
+    this module (hiredis)              12.4k          217.1k               487.7k
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -68,9 +75,19 @@ class RedisAddress:
     user: str = ""
     password: str = ""
     db: int = 0
+    tls: bool = False
+    tls_skip_verify: bool = False
+    # Sentinel mode: the master's host/port above are found by asking these sentinels.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master_name: str = ""
+    sentinel_user: str = ""
+    sentinel_password: str = ""
 
     def __str__(self) -> str:
-        where = f"unix://{self.path}" if self.path else f"{self.host}:{self.port}"
+        if self.sentinels:
+            where = f"sentinel {self.master_name}@" + ",".join(f"{h}:{p}" for h, p in self.sentinels)
+        else:
+            where = f"unix://{self.path}" if self.path else f"{self.host}:{self.port}"
         return f"{where}/{self.db}" if self.db else where
 
 
@@ -78,7 +95,8 @@ class AddressError(ValueError):
     pass
 
 
-def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0) -> RedisAddress:
+def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0, tls: bool = False,
+                  tls_skip_verify: bool = False) -> RedisAddress:
     """One `redis_address` entry; the option values are defaults the URL may override."""
     text = text.strip()
     if not text:
@@ -94,8 +112,8 @@ def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0)
             raise AddressError(f"malformed Redis unix address {text!r} (want unix:///path/to.sock)")
         return RedisAddress(path=parts.path, user=user, password=password, db=db)
     if parts.scheme == "rediss":
-        raise AddressError(f"TLS to Redis is not supported yet ({text!r})")
-    if parts.scheme not in ("redis", "tcp"):
+        tls = True
+    elif parts.scheme not in ("redis", "tcp"):
         raise AddressError(f"unsupported Redis address scheme {parts.scheme!r} in {text!r}")
     try:
         port = parts.port
@@ -115,7 +133,25 @@ def parse_address(text: str, *, user: str = "", password: str = "", db: int = 0)
         db = int(path)
     if parts.query or parts.fragment:
         raise AddressError(f"malformed Redis address {text!r}: query strings are not supported")
-    return RedisAddress(host, port, "", user, password, db)
+    return RedisAddress(host, port, "", user, password, db, tls, tls_skip_verify)
+
+
+def parse_sentinel_group(text: str, master_name: str, *, user: str = "", password: str = "", db: int = 0,
+                         sentinel_user: str = "", sentinel_password: str = "", tls: bool = False,
+                         tls_skip_verify: bool = False) -> RedisAddress:
+    """One `redis_sentinel_address` entry: a comma-separated `host:port` list of sentinels."""
+    sentinels = []
+    for item in text.split(","):
+        item = item.strip()
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise AddressError(f"malformed Redis Sentinel address: {item!r}")
+        sentinels.append((host, int(port)))
+    if not master_name:
+        raise AddressError("master name must be set when using Redis Sentinel")
+    return RedisAddress(user=user, password=password, db=db, tls=tls, tls_skip_verify=tls_skip_verify,
+                        sentinels=tuple(sentinels), master_name=master_name,
+                        sentinel_user=sentinel_user, sentinel_password=sentinel_password)
 
 
 # -- connections -----------------------------------------------------------------------------
@@ -133,6 +169,8 @@ class _Resp(asyncio.Protocol):
         self._on_lost = on_lost
         self.closed_reason: str | None = None
         self.last_rx = time.monotonic()
+        self._buffered_since: float | None = None
+        self.stopping = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -151,17 +189,28 @@ class _Resp(asyncio.Protocol):
         self.fail(f"connection lost: {exc}" if exc else "connection closed by Redis")
 
     def fail(self, reason: str) -> None:
-        """Close for good (idempotent) and tell the owner once."""
+        """Close for good (idempotent) and tell the owner once (unless closing on purpose)."""
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
         if self._transport is not None:
             self._transport.abort()
-        self._on_lost(reason)
+        if not self.stopping:
+            self._on_lost(reason)
 
     def write(self, data: bytes) -> None:
         if self.closed_reason is None:
             self._transport.write(data)
+
+    def write_stalled(self, now: float, timeout: float) -> bool:
+        """Whether bytes have waited in the send buffer for more than `timeout` seconds
+        (checked by the shard's watchdog, so at its granularity)."""
+        if self._transport is None or not self._transport.get_write_buffer_size():
+            self._buffered_since = None
+            return False
+        if self._buffered_since is None:
+            self._buffered_since = now
+        return now - self._buffered_since > timeout
 
 
 def pack(args: tuple) -> bytes:
@@ -208,6 +257,9 @@ class CommandConnection(_Resp):
             log.error("redis error reply to %s: %s", args[0], reply)
             if not fut.done():
                 fut.set_exception(RedisReplyError(str(reply)))
+            if str(reply).startswith("READONLY"):
+                # Connected to a replica (a failover happened): reconnect, finding the master again.
+                self.fail(f"server is a replica now ({reply})")
             return
         if fut.done():
             return
@@ -305,14 +357,27 @@ class PubSubConnection(_Resp):
         super().fail(reason)
 
 
+def _tls_context(address: RedisAddress) -> ssl.SSLContext | None:
+    """TLS (`redis_tls` or `rediss://`): the system's CAs, or no verification at all with
+    `redis_tls_skip_verify`."""
+    if not address.tls:
+        return None
+    context = ssl.create_default_context()
+    if address.tls_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 async def open_connection(address: RedisAddress, factory: Callable[[], _Resp], timeout: float) -> _Resp:
-    """Connect, authenticate and select the database, all within `timeout` seconds."""
+    """Connect (with the TLS handshake when asked) within `timeout` seconds."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
         if address.path:
             _, proto = await loop.create_unix_connection(factory, address.path)
         else:
-            _, proto = await loop.create_connection(factory, address.host, address.port)
+            _, proto = await loop.create_connection(factory, address.host, address.port,
+                                                    ssl=_tls_context(address))
     return proto
 
 
@@ -328,6 +393,31 @@ async def handshake(conn: CommandConnection, address: RedisAddress, timeout: flo
     async with asyncio.timeout(timeout):
         for call in calls:
             await call
+
+
+async def find_master(address: RedisAddress, connect_timeout: float, read_timeout: float,
+                      on_lost: Callable[[str], None]) -> RedisAddress:
+    """Ask the sentinels, in order, where the master is; the address with its host/port."""
+    problems = []
+    for host, port in address.sentinels:
+        sentinel = RedisAddress(host, port, user=address.sentinel_user, password=address.sentinel_password)
+        conn = None
+        try:
+            conn = await open_connection(sentinel, lambda: CommandConnection(on_lost), connect_timeout)
+            await handshake(conn, sentinel, read_timeout)
+            async with asyncio.timeout(read_timeout):
+                reply = await conn.call(("SENTINEL", "get-master-addr-by-name", address.master_name))
+        except (OSError, TimeoutError, ApiError) as exc:
+            problems.append(f"{host}:{port}: {type(exc).__name__} {exc}".strip())
+            continue
+        finally:
+            if conn is not None:
+                conn.stopping = True
+                conn.fail("sentinel asked")
+        if reply:
+            return dataclasses.replace(address, host=reply[0].decode(), port=int(reply[1]))
+        problems.append(f"{host}:{port}: does not know master {address.master_name!r}")
+    raise ConnectionError("no sentinel gave the master: " + "; ".join(problems))
 
 
 def server_version(info: bytes) -> tuple[int, ...]:
