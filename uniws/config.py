@@ -864,14 +864,8 @@ def _top_channel_options(values: Mapping[str, Any]) -> ChannelOptions:
     return ChannelOptions(**options)
 
 
-# Flipped by the lead once uniws/engine/redis.py is wired into the node and the workers.
-REDIS_ENGINE_WIRED = True
-
-
 def _check_engine(values: Mapping[str, Any]) -> None:
     engine = values["engine"]
-    if engine == "redis" and not REDIS_ENGINE_WIRED:
-        raise ConfigError('option "engine": redis engine is not supported yet, use "memory"')
     if engine == "redis":
         _check_redis(values)
     if engine not in ("memory", "redis"):

@@ -629,12 +629,6 @@ def test_unknown_engine(tmp_path: Path) -> None:  # vector 18
     assert error_of(tmp_path, {"engine": "foo"}) == "unknown engine: foo"
 
 
-def test_redis_engine_not_supported_yet(tmp_path: Path) -> None:
-    message = error_of(tmp_path, {"engine": "redis"})
-    assert "redis engine is not supported yet" in message
-    assert "engine" in message
-
-
 def test_unknown_broker(tmp_path: Path) -> None:
     assert error_of(tmp_path, {"broker": "kafka"}) == "unknown broker: kafka"
 

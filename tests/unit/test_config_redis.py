@@ -1,4 +1,4 @@
-"""Redis engine options (07 §4.10): address forms, shards, refusals, and the wiring flag."""
+"""Redis engine options (07 §4.10): address forms, shards, refusals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from uniws import config as config_module
 from uniws.config import OPTIONS, ConfigError, load_config, redis_addresses
 from uniws.engine.redis_shards import RedisAddress
 
@@ -18,19 +17,13 @@ def load(tmp_path: Path, doc: dict, env: dict | None = None):
     return load_config(str(path), env or {}, {})
 
 
-@pytest.fixture
-def wired(monkeypatch):
-    monkeypatch.setattr(config_module, "REDIS_ENGINE_WIRED", True)
+def test_redis_engine_loads_with_defaults(tmp_path):
+    cfg, warnings = load(tmp_path, {"engine": "redis"})
+    assert cfg.engine == "redis" and warnings == []
+    assert redis_addresses(cfg) == [RedisAddress("127.0.0.1", 6379, "", "", "", 0)]
 
 
-def test_redis_engine_refused_until_wired(tmp_path):
-    assert config_module.REDIS_ENGINE_WIRED is False
-    with pytest.raises(ConfigError) as info:
-        load(tmp_path, {"engine": "redis"})
-    assert "redis engine is not supported yet" in info.value.message
-
-
-def test_redis_shards_and_overrides(tmp_path, wired):
+def test_redis_shards_and_overrides(tmp_path):
     cfg, warnings = load(tmp_path, {"engine": "redis", "redis_password": "pw", "redis_db": 2,
                                     "redis_address": ["127.0.0.1:7001", "redis://u:x@h:7002/5",
                                                       "unix:///tmp/r.sock"]})
@@ -41,7 +34,7 @@ def test_redis_shards_and_overrides(tmp_path, wired):
     assert cfg.redis_prefix == "centrifugo" and cfg.redis_reconnect_max_delay == 5.0
 
 
-def test_redis_tls_options(tmp_path, wired):
+def test_redis_tls_options(tmp_path):
     cfg, _ = load(tmp_path, {"engine": "redis", "redis_tls": True, "redis_tls_skip_verify": True,
                              "redis_address": ["h:1", "rediss://g:2"]})
     assert [(a.tls, a.tls_skip_verify) for a in redis_addresses(cfg)] == [(True, True), (True, True)]
@@ -49,7 +42,7 @@ def test_redis_tls_options(tmp_path, wired):
     assert [a.tls for a in redis_addresses(cfg)] == [False, True]
 
 
-def test_redis_address_from_env_whitespace_list(tmp_path, wired):
+def test_redis_address_from_env_whitespace_list(tmp_path):
     cfg, _ = load(tmp_path, {"engine": "redis"}, {"CENTRIFUGO_REDIS_ADDRESS": "a:1 b:2"})
     assert [(a.host, a.port) for a in redis_addresses(cfg)] == [("a", 1), ("b", 2)]
 
@@ -60,13 +53,13 @@ def test_redis_address_from_env_whitespace_list(tmp_path, wired):
     ({"redis_prefix": ""}, 'option "redis_prefix" must not be empty'),
     ({"redis_read_timeout": "0s"}, 'option "redis_read_timeout" must be positive'),
 ])
-def test_bad_redis_options(tmp_path, wired, doc, expected):
+def test_bad_redis_options(tmp_path, doc, expected):
     with pytest.raises(ConfigError) as info:
         load(tmp_path, {"engine": "redis", **doc})
     assert expected in info.value.message
 
 
-def test_sentinel_groups(tmp_path, wired):
+def test_sentinel_groups(tmp_path):
     cfg, warnings = load(tmp_path, {"engine": "redis", "redis_sentinel_address": ["a:1,b:2", "c:3"],
                                     "redis_sentinel_master_name": "mymaster", "redis_password": "pw",
                                     "redis_sentinel_password": "spw"})
@@ -81,7 +74,7 @@ def test_sentinel_groups(tmp_path, wired):
     ({"redis_sentinel_address": ["a:1,b"], "redis_sentinel_master_name": "m"},
      "error creating engine: malformed Redis Sentinel address: 'b'"),
 ])
-def test_bad_sentinel_options(tmp_path, wired, doc, expected):
+def test_bad_sentinel_options(tmp_path, doc, expected):
     with pytest.raises(ConfigError) as info:
         load(tmp_path, {"engine": "redis", **doc})
     assert info.value.message == expected
