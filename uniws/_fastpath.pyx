@@ -297,6 +297,9 @@ cdef class Fanout:
     cdef public Py_ssize_t queue_max
     cdef public list slow            # clients over client_queue_max_size, for node.py to close
     cdef public object on_slow       # callable() run after a flush that found slow clients
+    # Read by metrics.py when scraped: C integers, so counting costs the hot path no Python call.
+    cdef public unsigned long long frames_sent   # frames queued to clients (publications, pushes, pings)
+    cdef public unsigned long long flushes       # per-turn writes those frames went out in
 
     def __init__(self, loop, Py_ssize_t queue_max, on_slow):
         self.dirty = []
@@ -315,6 +318,7 @@ cdef class Fanout:
         else:
             c.chunks.append(frame)
         c.pending += PyBytes_GET_SIZE(frame)
+        self.frames_sent += 1
         if c.pending + c.buffered > self.queue_max:
             self.slow.append(c)
         if not self.scheduled:
@@ -350,6 +354,7 @@ cdef class Fanout:
         self.scheduled = False
         for c in dirty:
             if c.chunks is not None:
+                self.flushes += 1
                 c._flush()
                 if c.buffered > self.queue_max:
                     self.slow.append(c)

@@ -124,6 +124,7 @@ class Cluster:
         self.max_message = 0                   # the longest message the bus carries (attach)
         self.rpc = Rpc(node.loop, self._serve)
         self.overflows = 0
+        self.sequenced = 0                     # publications this worker owned and broadcast (metrics)
         self._publishing_for = (-1, 0)        # (worker, request id) of the publish being served
 
     def attach(self, bus) -> None:
@@ -156,6 +157,7 @@ class Cluster:
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
         """MemoryEngine callback on the owner: send to every other worker and deliver here."""
         requester, request_id = self._publishing_for
+        self.sequenced += 1
         self.bus.broadcast(encode_pub(channel, epoch, pub, requester, request_id))
         self.node.handle_publication(channel, pub, epoch)
 
@@ -260,6 +262,9 @@ class Cluster:
 
     async def _op_stats(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
         return self.node.stats(), b""
+
+    async def _op_metrics(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        return self.node.metrics.snapshot(), b""
 
 
 async def _position(answer: asyncio.Future) -> tuple[int, str]:

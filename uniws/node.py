@@ -122,6 +122,11 @@ class Node:
                                cfg.uni_websocket_write_timeout)
         self._timer: asyncio.TimerHandle | None = None
         self.http = None               # http.FrontLimits, set by server.py: its deadlines ride this tick
+        # Counters read by metrics.py (per publication or connection, never per message sent).
+        self.publications = 0          # publications handed to this worker's hub
+        self.connects = 0
+        self.disconnects: dict[int, int] = {}      # server-side disconnect code -> count
+        self.metrics = None            # metrics.WorkerMetrics, set by server.py when enabled
 
     def reload(self, cfg) -> None:
         """Apply a re-read config's token keys and channel rules (07 §7.1); the rest needs a restart."""
@@ -240,6 +245,7 @@ class Node:
             conn.close_transport(False)
             return
         self.conns[conn.client_id] = conn
+        self.connects += 1
         if self.ping_interval:
             self.wheel.add(conn)
         if conn.connect_request is not None:
@@ -281,6 +287,7 @@ class Node:
 
     def disconnect_conn(self, conn: Conn, reason: Disconnect) -> None:
         """Server-side termination (01 §8.1): leave channels, Disconnect push, TCP close."""
+        self.disconnects[reason.code] = self.disconnects.get(reason.code, 0) + 1
         push = None
         if reason.code != 3000:
             push = codec.frame_text(codec.disconnect_push(conn.v2, reason.code, reason.reason, reason.reconnect))
@@ -634,6 +641,7 @@ class Node:
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
         """Engine callback: frame the publication once per protocol version, fan it out."""
+        self.publications += 1
         if self._pending:
             waiting = self._pending.get(channel)
             if waiting:
@@ -903,6 +911,7 @@ class Node:
         presence_channels = sum(1 for hub in (self.hub, self.hub_v2) for channel, subscribers in hub.items()
                                 if any(conn.channels[channel].presence for conn in each_member(subscribers)))
         items = {"uniws.engine.streams": float(self.engine.num_streams()),
+                 "uniws.node.publications": float(self.publications),
                  "uniws.node.presence_channels": float(presence_channels),
                  "uniws.ws.listener_exceptions": float(BOUNDARY.listener_exceptions),
                  "uniws.ws.client_protocol_errors": float(BOUNDARY.client_protocol_errors)}
@@ -911,6 +920,7 @@ class Node:
         if self.cluster is not None:
             items.update({f"uniws.bus.{k}": float(v) for k, v in self.cluster.bus.stats().items()})
             items["uniws.bus.overflows"] = float(self.cluster.overflows)
+            items["uniws.node.sequenced"] = float(self.cluster.sequenced)
         entry["metrics"] = {"interval": float(self.tick), "items": items}
         return entry
 
