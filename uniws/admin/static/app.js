@@ -95,6 +95,8 @@ function route() {
 function startPolling() {
   if (pollTimer !== null) return;
   refreshStatus();
+  // A second sample soon after the first gives the publication rates without a 5 s wait.
+  setTimeout(() => { if (pollTimer !== null) refreshStatus(); }, 1000);
   pollTimer = setInterval(refreshStatus, POLL_MS);
 }
 
@@ -115,7 +117,7 @@ function humanUptime(seconds) {
 }
 
 const fmt = (n) => (n === undefined || n === null ? "n/a" : Number(n).toLocaleString("en-US"));
-const fmtRate = (r) => (r === null ? "–" : r < 10 ? r.toFixed(1) : Math.round(r).toLocaleString("en-US"));
+const fmtRate = (r) => (r === null ? "–" : r === 0 ? "0" : r < 10 ? r.toFixed(1) : Math.round(r).toLocaleString("en-US"));
 
 function item(entry, name) {
   const items = entry.metrics && entry.metrics.items;
@@ -329,7 +331,8 @@ function readable(method, result) {
       return table(["#", "result"], (result.responses || []).map((r, i) => [String(i + 1), r.error ? `error ${r.error.code}: ${r.error.message}` : r.result || {}]), "No channels.");
     case "presence":
       return table(["client", "user", "conn_info", "chan_info"],
-        Object.values(result.presence || {}).map((c) => [c.client, c.user, c.conn_info ?? "", c.chan_info ?? ""]), "Nobody is present.");
+        Object.values(result.presence || {}).sort((a, b) => a.user.localeCompare(b.user) || a.client.localeCompare(b.client))
+          .map((c) => [c.client, c.user, c.conn_info ?? "", c.chan_info ?? ""]), "Nobody is present.");
     case "presence_stats":
       return kv([["clients", String(result.num_clients)], ["users", String(result.num_users)]]);
     case "history":
