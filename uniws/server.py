@@ -123,7 +123,7 @@ async def run(cfg, *, index: int = 0, count: int = 1, bus_files: BusFiles | None
             log.info("serving %s endpoints on %s:%d", ", ".join(names) or "no", address, port)
     node.start()
     heartbeat = None
-    if heartbeat_fd is not None:
+    if heartbeat_fd is not None and cfg.worker_hang_timeout > 0:
         heartbeat = Heartbeat(loop, heartbeat_fd, index, beat_interval(cfg.worker_hang_timeout))
         heartbeat.start()
 

@@ -125,3 +125,25 @@ def test_admin_web_path_serves_an_operators_files(start_server, tmp_path):
     assert requests.get(server.base + "/app.js", timeout=10).status_code == 404
     assert requests.get(server.base + "/../config.json", timeout=10).status_code == 404
     assert requests.get(server.base + "/%2e%2e/config.json", timeout=10).status_code == 404
+
+
+def test_internal_port_holds_admin_metrics_health_and_admin_external_moves_the_ui(start_server):
+    """07 check 37: with `internal_port`, the API, health, metrics and admin are served only there."""
+    from .conftest import free_port
+
+    internal = free_port()
+    server = start_server({**ADMIN, "prometheus": True, "health": True, "internal_port": internal})
+    inside = f"http://127.0.0.1:{internal}"
+    for path in ("/", "/health", "/metrics"):
+        assert requests.get(inside + path, timeout=10).status_code == 200, path
+        assert requests.get(server.base + path, timeout=10).status_code == 404, path
+    assert requests.post(inside + "/admin/auth", data={"password": "pw"}, timeout=10).status_code == 200
+    assert requests.post(server.base + "/admin/auth", data={"password": "pw"}, timeout=10).status_code == 404
+
+    internal = free_port()
+    server = start_server({**ADMIN, "admin_external": True, "health": True, "internal_port": internal})
+    inside = f"http://127.0.0.1:{internal}"
+    assert requests.get(server.base + "/", timeout=10).status_code == 200
+    assert requests.post(server.base + "/admin/auth", data={"password": "pw"}, timeout=10).status_code == 200
+    assert requests.get(inside + "/", timeout=10).status_code == 404
+    assert requests.get(inside + "/health", timeout=10).status_code == 200

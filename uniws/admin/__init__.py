@@ -26,6 +26,9 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
           ".ico": "image/x-icon", ".json": "application/json"}
 _SECURITY = [("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
              ("Referrer-Policy", "no-referrer")]
+# The built-in UI loads nothing from elsewhere and has no inline script or style (an
+# operator's own UI from admin_web_path may, so it does not get this).
+_CSP = [("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'")]
 
 
 def _empty(status: int):
@@ -128,7 +131,8 @@ class AdminHandler:
         content = self._file(name)
         if content is None:
             return _text(404, "404 page not found\n")
-        headers = [("Content-Type", _content_type(name)), ("Cache-Control", "no-cache"), *_SECURITY]
+        headers = [("Content-Type", _content_type(name)), ("Cache-Control", "no-cache"), *_SECURITY,
+                   *(() if self.web_path else _CSP)]
         return 200, headers, content
 
     def _file(self, name: str) -> bytes | None:
