@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from uniws.admin.auth import TOKEN_TTL, form_field, make_token, token_valid
 
@@ -21,6 +21,7 @@ def test_token_round_trip_and_expiry():
         assert not token_valid("s", bad, now=NOW), bad
 
 
+@settings(deadline=None)
 @given(st.text(), st.text(max_size=200))
 def test_no_token_but_the_signed_one_is_valid(secret, candidate):
     token = make_token(secret or "k", now=NOW)
@@ -42,6 +43,7 @@ def test_form_vectors():
     assert form_field("application/x-www-form-urlencoded", b"\xff=\xff", "password") is None
 
 
+@settings(deadline=None)
 @given(st.dictionaries(st.text("abcdefgh_", min_size=1, max_size=8),
                        st.text(st.characters(blacklist_categories=("Cs",)), max_size=50).filter(
                            lambda v: "\r\n--" not in v), max_size=4),
@@ -53,6 +55,7 @@ def test_multipart_finds_what_was_sent(fields, boundary):
             assert form_field(f"multipart/form-data; boundary={boundary}", body, name) == value
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=300), st.text(max_size=60))
 def test_form_parsing_never_raises(body, content_type):
     result = form_field(content_type, body, "password")

@@ -201,6 +201,8 @@ function renderStatus(nodes) {
     cell(n.name), cell(n.version), cell(humanUptime(n.uptime)), cell(fmt(n.num_clients), "num"),
     cell(fmt(n.num_users), "num"), cell(fmt(n.num_subs), "num"), cell(fmt(n.num_channels), "num"),
     cell(fmtRate(n === node ? r.node : null), "num"), cell(fmt((n.workers || [n]).length), "num"),
+    cell(n.process ? `${Number(n.process.cpu).toFixed(1)}%` : "n/a", "num"),
+    cell(n.process ? `${(n.process.rss / 1048576).toFixed(1)} MiB` : "n/a", "num"),
   ]));
   fillTable($("workers-table"), workers.map((w) => [
     cell(String(w.worker)), cell(humanUptime(w.uptime)), cell(fmt(w.num_clients), "num"),
@@ -220,16 +222,32 @@ function setupActions() {
     opt.textContent = name;
     select.append(opt);
   }
-  select.addEventListener("change", () => loadTemplate(select.value));
+  let shown = select.value;
+  select.addEventListener("change", () => {
+    edited[shown] = $("params").value;        // switching back restores what was typed
+    shown = select.value;
+    loadTemplate(shown);
+  });
   loadTemplate(select.value);
+  $("format").addEventListener("click", () => {
+    try {
+      $("params").value = JSON.stringify(JSON.parse($("params").value || "{}"), null, 2);
+      $("params-error").hidden = true;
+    } catch (err) {
+      $("params-error").textContent = "Invalid JSON: " + err.message;
+      $("params-error").hidden = false;
+    }
+  });
   $("action-form").addEventListener("submit", (ev) => { ev.preventDefault(); sendAction(); });
   $("params").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); sendAction(); }
   });
 }
 
+const edited = {};   // method -> params text typed for it
+
 function loadTemplate(method) {
-  $("params").value = JSON.stringify(METHODS[method].params, null, 2);
+  $("params").value = edited[method] ?? JSON.stringify(METHODS[method].params, null, 2);
   $("method-help").textContent = METHODS[method].help;
   $("params-error").hidden = true;
 }
