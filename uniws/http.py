@@ -12,7 +12,8 @@ connection.
 WebSocket upgrades on the uni_websocket path are handed to transport.py (picows takes the
 socket over) with the bytes that followed the head. Everything else is answered here: the
 server API and the other handlers of the listener (health, metrics, the admin UI; each
-with the API's shape, see Routes), a static /health when no handler checks workers, and 404. Keep-alive, pipelining, `Expect: 100-continue`. Pipelined
+with the API's shape, see Routes), a static /health when no handler checks workers, and
+404. Keep-alive, pipelining, `Expect: 100-continue`. Pipelined
 API requests are started one after another: a request starts once the one before it has
 started all its commands, so commands reach each channel's owner in connection order.
 Responses go out in request order.
@@ -39,9 +40,8 @@ MAX_PIPELINE = 16              # responses owed before the connection stops read
 MAX_DISCARD = 256 * 1024       # bytes dropped after an early answer before closing hard
 MAX_UPGRADE_TAIL = 64 * 1024   # bytes held after an upgrade head while earlier responses are owed
 LINGER = 1.0                   # seconds a closing connection waits for the client's FIN
-_REASONS = {100: "Continue", 200: "OK", 301: "Moved Permanently", 304: "Not Modified", 400: "Bad Request", 401: "Unauthorized",
-            403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
+_REASONS = {100: "Continue", 200: "OK", 301: "Moved Permanently", 400: "Bad Request", 401: "Unauthorized",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 # What a connection is reading now. HEAD and BODY count as incomplete requests.
@@ -163,8 +163,7 @@ class _ApiCall:
 class HttpFront(asyncio.Protocol):
     __slots__ = ("routes", "limits", "transport", "parser", "id", "phase", "counted", "began",
                  "url", "request", "raw_headers", "headers", "head_size", "head_raw", "kind", "handler", "body",
-                 "body_size",
-                 "pending", "calls", "dispatching", "last", "eof", "closed", "continue_owed",
+                 "body_size", "pending", "calls", "dispatching", "last", "eof", "closed", "continue_owed",
                  "paused", "deadline", "wake", "upgrade", "upgrade_tail", "discarded", "lingering")
 
     def __init__(self, routes: Routes, limits: FrontLimits | None = None) -> None:

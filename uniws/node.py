@@ -287,7 +287,8 @@ class Node:
 
     def disconnect_conn(self, conn: Conn, reason: Disconnect) -> None:
         """Server-side termination (01 §8.1): leave channels, Disconnect push, TCP close."""
-        self.disconnects[reason.code] = self.disconnects.get(reason.code, 0) + 1
+        if conn.close_reason is None and conn.state != CLOSED:       # counted once, as _terminate acts once
+            self.disconnects[reason.code] = self.disconnects.get(reason.code, 0) + 1
         push = None
         if reason.code != 3000:
             push = codec.frame_text(codec.disconnect_push(conn.v2, reason.code, reason.reason, reason.reconnect))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -49,6 +50,13 @@ def test_one_scrape_shows_every_worker(start_server):
         assert samples[("uniws_worker_up", (("worker", "0"),))] == samples[("uniws_worker_up", (("worker", "1"),))] == 1
         assert samples[("centrifugo_transport_connect_count", (("transport", "uni_websocket"),))] == CLIENTS
         assert samples[("uniws_workers", ())] == 2
+        # A server-side disconnect, on whichever worker holds the client, is counted by its code.
+        api(server, "disconnect", {"user": "u0"})
+        code = str(json.loads(clients[0].until_closed()[-1])["data"]["code"])
+        samples = wait_for(lambda: (lambda s: s if s.get(("centrifugo_client_num_server_disconnects",
+                                                          (("code", code),))) == 1 else None)(_samples(server)),
+                           what="the disconnect counted")
+        assert samples[("centrifugo_node_num_clients", ())] == CLIENTS - 1
     finally:
         for client in clients:
             client.close()
