@@ -46,6 +46,9 @@ cdef class Fanout:
     cdef public Py_ssize_t queue_max
     cdef public list slow            # clients over client_queue_max_size, for the node to close
     cdef public object on_slow       # callable() run after a flush that found slow clients
+    # Read by metrics.py when scraped: C integers, so counting costs the hot path no Python call.
+    cdef public unsigned long long frames_sent   # frames queued to clients (publications, pushes, pings)
+    cdef public unsigned long long flushes       # per-turn writes those frames went out in
 
     cdef int _enqueue(self, Conn c, bytes frame) except -1
     cpdef enqueue(self, Conn c, bytes frame)

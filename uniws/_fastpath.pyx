@@ -287,6 +287,7 @@ cdef class Fanout:
         else:
             c.chunks.append(frame)
         c.pending += PyBytes_GET_SIZE(frame)
+        self.frames_sent += 1
         if c.pending + c.buffered > self.queue_max:
             self.slow.append(c)
         if not self.scheduled:
@@ -322,6 +323,7 @@ cdef class Fanout:
         self.scheduled = False
         for c in dirty:
             if c.chunks is not None:
+                self.flushes += 1
                 c._flush()
                 if c.buffered > self.queue_max:
                     self.slow.append(c)

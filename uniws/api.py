@@ -14,6 +14,7 @@ import base64
 import collections
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -513,6 +514,7 @@ class Api:
         self._transport_errors = error_mode == "transport"
         self._logger = logging.getLogger("uniws.api")
         self._empty_key_logged = False
+        self.metrics = None            # metrics.WorkerMetrics: command counts and durations, when enabled
 
     # -- routing -------------------------------------------------------------------------
 
@@ -556,22 +558,27 @@ class Api:
         reach each channel's owner in order from then on), at the latest when the answer
         is ready: a connection's next request starts then, so it cannot overtake this one.
         """
+        metrics = self.metrics
+        tally: dict[str, int] | None = {} if metrics is not None else None
+        started = time.perf_counter()
         try:
             if path == self._prefix:
-                return await self._handle_v3(method, query, headers, body, dispatched)
+                return await self._handle_v3(method, query, headers, body, dispatched, tally)
             name = path[len(self._route_base) :] if path.startswith(self._route_base) else ""
             if name == "batch":
-                return await self._handle_v5(method, query, headers, body, None)
+                return await self._handle_v5(method, query, headers, body, None, tally)
             route = _V5_ROUTES.get(name)
             if route is None:
                 return _text_response(404, b"404 page not found\n")
-            return await self._handle_v5(method, query, headers, body, route)
+            return await self._handle_v5(method, query, headers, body, route, tally)
         except Exception:
             self._logger.exception("API request failed")
             return _text_response(500, b"Internal Server Error\n")
         finally:
             if dispatched is not None:
                 dispatched()
+            if tally:
+                metrics.observe_api(tally, time.perf_counter() - started)
 
     def _precheck(self, method: str, query: str, headers: Mapping[str, str], body: bytes) -> Response | None:
         """Checks shared by both formats, in the order of 06 §2.1."""
@@ -610,7 +617,7 @@ class Api:
     # -- v3 format (06 §2) ---------------------------------------------------------------
 
     async def _handle_v3(self, method: str, query: str, headers: Mapping[str, str], body: bytes,
-                         dispatched: Callable[[], None] | None = None) -> Response:
+                         dispatched: Callable[[], None] | None = None, tally: dict | None = None) -> Response:
         rejection = self._precheck(method, query, headers, body)
         if rejection is not None:
             return rejection
@@ -618,13 +625,13 @@ class Api:
         # separate orjson outputs alive until a join is several times slower (allocator).
         replies = bytearray()
         try:
-            await self._run_command_stream(body, replies, dispatched)
+            await self._run_command_stream(body, replies, dispatched, tally)
         except _MalformedRequest:
             return _bad_request()  # earlier commands keep their side effects (quirk)
         return _json_response(200, bytes(replies))
 
     async def _run_command_stream(self, body: bytes, replies: bytearray,
-                                  dispatched: Callable[[], None] | None = None) -> None:
+                                  dispatched: Callable[[], None] | None = None, tally: dict | None = None) -> None:
         """Execute every command of the stream in order, appending reply lines to `replies`.
 
         Raises _MalformedRequest at the first undecodable value.
@@ -638,7 +645,7 @@ class Api:
         # entries are reply lines, futures of one (run_eager), or (barrier, id) of a post.
         pending: collections.deque | None = collections.deque() if self._pipelined else None
         try:
-            await self._run_lines(lines, check_lines, body, replies, pending)
+            await self._run_lines(lines, check_lines, body, replies, pending, tally)
         finally:
             if dispatched is not None:
                 dispatched()           # every command has started: the connection's next request may
@@ -652,7 +659,7 @@ class Api:
             _append_line(replies, reply if type(reply) is bytes else await _settled(reply))
 
     async def _run_lines(self, lines: list[bytes], check_lines: bool, body: bytes, replies: bytearray,
-                         pending: collections.deque | None) -> None:
+                         pending: collections.deque | None, tally: dict | None = None) -> None:
         for index, line in enumerate(lines):
             # Fast path: one command per line.
             try:
@@ -667,9 +674,9 @@ class Api:
                 if pending:
                     await self._drain(pending, replies, 0)
                 offset = sum(len(previous) + 1 for previous in lines[:index])
-                await self._run_command_tail(body[offset:], replies)
+                await self._run_command_tail(body[offset:], replies, tally)
                 break
-            reply = self._start_v3(command)            # a malformed command stops the batch here
+            reply = self._start_v3(command, tally)     # a malformed command stops the batch here
             if pending is None:
                 _append_line(replies, reply if type(reply) is bytes else await _settled(reply))
                 continue
@@ -679,7 +686,7 @@ class Api:
             if len(pending) > _PIPELINE_WINDOW:
                 await self._drain(pending, replies, _PIPELINE_WINDOW)
 
-    async def _run_command_tail(self, tail: bytes, replies: bytearray) -> None:
+    async def _run_command_tail(self, tail: bytes, replies: bytearray, tally: dict | None = None) -> None:
         """Streaming decode of concatenated JSON values (slow path of 06 §2.4)."""
         text = tail.decode("utf-8", "replace")
         position = jsonexact.skip_whitespace(text, 0)
@@ -688,20 +695,24 @@ class Api:
                 command, position = jsonexact.raw_decode(text, position)
             except ValueError:
                 raise _MalformedRequest from None
-            _append_line(replies, await self._execute_v3(command))
+            _append_line(replies, await self._execute_v3(command, tally))
             position = jsonexact.skip_whitespace(text, position)
 
-    async def _execute_v3(self, command: Any) -> bytes:
+    async def _execute_v3(self, command: Any, tally: dict | None = None) -> bytes:
         """Run one decoded command and return its reply line; raises _MalformedRequest."""
-        reply = self._start_v3(command)
+        reply = self._start_v3(command, tally)
         return reply if type(reply) is bytes else await _settled(reply)
 
-    def _start_v3(self, command: Any) -> Any:
+    def _start_v3(self, command: Any, tally: dict | None = None) -> Any:
         """Start one decoded command: its reply line when done at once, else what `_settled`
-        turns into one (a coroutine, or a posted publish's (barrier, id)). Raises _MalformedRequest."""
+        turns into one (a coroutine, or a posted publish's (barrier, id)). Raises _MalformedRequest.
+        Counts the command's method in `tally` (metrics) when given."""
         prepared = self._prepare_v3(command)
         if type(prepared) is bytes:
             return prepared
+        if tally is not None:
+            name = prepared[1].name
+            tally[name] = tally.get(name, 0) + 1
         if prepared[1] is _PUBLISH:                    # a batch's common case: no coroutine
             return self._publish_now(prepared[0], prepared[2])
         return self._run_v3(*prepared)
@@ -766,7 +777,8 @@ class Api:
     # -- v5 format (06 §5) ---------------------------------------------------------------
 
     async def _handle_v5(
-        self, method: str, query: str, headers: Mapping[str, str], body: bytes, route: _Method | None
+        self, method: str, query: str, headers: Mapping[str, str], body: bytes, route: _Method | None,
+        tally: dict | None = None,
     ) -> Response:
         """One v5 route; `route` None is `batch`."""
         rejection = self._precheck(method, query, headers, body)
@@ -781,11 +793,13 @@ class Api:
         elif type(params) is not dict:
             return _bad_request()
         if route is None:
-            return await self._run_batch(params)
+            return await self._run_batch(params, tally)
         try:
             request = route.decode(params)
         except _BadParams:
             return _bad_request()
+        if tally is not None:
+            tally[route.name] = 1
         try:
             result = await route.run(self, request)
         except ApiError as error:
@@ -803,13 +817,17 @@ class Api:
             return _json_response(_TRANSPORT_ERROR_STATUS.get(code, 500), orjson.dumps(error))
         return _json_response(200, orjson.dumps({"error": error}))
 
-    async def _run_batch(self, params: dict[str, Any]) -> Response:
+    async def _run_batch(self, params: dict[str, Any], tally: dict | None = None) -> Response:
         params = _fold_keys(params, _BATCH_FIELDS)
         try:
             commands = _decode_batch_commands(params.get("commands"))
             parallel = _boolean(params, "parallel")
         except _BadParams:
             return _bad_request()  # params are decoded together with the envelope (06 §5.4)
+        if tally is not None:
+            for command in commands:
+                if command is not None:
+                    tally[command[0].name] = tally.get(command[0].name, 0) + 1
         if parallel:
             limit = asyncio.Semaphore(_BATCH_CONCURRENCY)
             replies = list(await asyncio.gather(*(self._batch_reply(command, limit) for command in commands)))

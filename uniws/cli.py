@@ -67,6 +67,10 @@ _SERVER_FLAGS: tuple[tuple[str, str | None, type, str, str | None], ...] = (
     ("internal_port", None, str, "listen", "port for the API and health endpoints (default: --port)"),
     ("uni_websocket", None, bool, "endpoints", "serve /connection/uni_websocket"),
     ("health", None, bool, "endpoints", "serve /health"),
+    ("admin", None, bool, "endpoints", "serve the admin web UI and /admin/auth, /admin/api"),
+    ("admin_external", None, bool, "endpoints", "serve the admin UI on the external port"),
+    ("admin_insecure", None, bool, "endpoints", "INSECURE: admin UI and admin API without a password"),
+    ("prometheus", None, bool, "endpoints", "serve Prometheus metrics at /metrics"),
     ("client_insecure", None, bool, "endpoints", "INSECURE: accept connections without a token"),
     ("api_insecure", None, bool, "endpoints", "INSECURE: serve the API without an API key"),
     ("name", "-n", str, "process", "node name (default: host name and port)"),
@@ -78,10 +82,6 @@ _SERVER_FLAGS: tuple[tuple[str, str | None, type, str, str | None], ...] = (
     # Not supported: hidden.
     ("broker", None, str, "", None),
     ("debug", None, bool, "", None),
-    ("admin", None, bool, "", None),
-    ("admin_external", None, bool, "", None),
-    ("admin_insecure", None, bool, "", None),
-    ("prometheus", None, bool, "", None),
     ("uni_sse", None, bool, "", None),
     ("uni_http_stream", None, bool, "", None),
     ("sse", None, bool, "", None),
@@ -194,9 +194,9 @@ def cmd_checkconfig(path: str) -> int:
 
 def _genconfig_text(extension: str) -> str:
     values = {
-        # No admin_password/admin_secret (the reference writes them): there is no admin UI
-        # yet, and the server would warn that they are ignored.
         "token_hmac_secret_key": str(uuid.uuid4()),
+        "admin_password": str(uuid.uuid4()),
+        "admin_secret": str(uuid.uuid4()),
         "api_key": str(uuid.uuid4()),
     }
     if extension == "json":

@@ -150,6 +150,7 @@ class Cluster:
         self.max_message = 0                   # the longest message the bus carries (attach)
         self.rpc = Rpc(node.loop, self._serve, posted=NO_POSITION)
         self.overflows = 0
+        self.sequenced = 0                     # publications this worker owned and broadcast (metrics)
         self._publishing_for = (-1, 0)        # (worker, request id) of the publish being served
         self.relay = None                      # engine/relay.py's BrokerRelay, with a broker engine
 
@@ -183,6 +184,7 @@ class Cluster:
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
         """MemoryEngine callback on the owner: send to every other worker and deliver here."""
         requester, request_id = self._publishing_for
+        self.sequenced += 1
         self.bus.broadcast(encode_pub(channel, epoch, pub, requester, request_id))
         self.node.handle_publication(channel, pub, epoch)
 
@@ -320,6 +322,9 @@ class Cluster:
 
     async def _op_stats(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
         return self.node.answer_survey("stats", args), b""
+
+    async def _op_metrics(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:
+        return self.node.metrics.snapshot(), b""
 
 
 @functools.lru_cache(maxsize=64)

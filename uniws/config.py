@@ -44,7 +44,9 @@ SUPPORTED = frozenset(
         "address", "port", "internal_address", "internal_port", "name", "engine",
         "log_level", "log_file", "pid_file", "shutdown_timeout", "shutdown_termination_delay",
         "allowed_origins", "api_disable", "api_key", "api_insecure", "api_handler_prefix",
-        "health", "health_handler_prefix",
+        "health", "health_handler_prefix", "health_worker_timeout", "worker_hang_timeout",
+        "admin", "admin_password", "admin_secret", "admin_insecure", "admin_web_path", "admin_handler_prefix",
+        "admin_external", "prometheus", "prometheus_handler_prefix",
         "uni_websocket", "uni_websocket_handler_prefix", "uni_websocket_message_size_limit",
         "uni_websocket_ping_interval", "uni_websocket_write_timeout",
         "token_hmac_secret_key", "token_rsa_public_key", "token_ecdsa_public_key",
@@ -407,6 +409,8 @@ class Config:
     admin_external: bool = False
     health: bool = False
     health_handler_prefix: str = "/health"
+    health_worker_timeout: float = _dur("1s")  # uniws: /health is 503 when a worker takes longer to answer
+    worker_hang_timeout: float = _dur("10s")  # uniws: the supervisor restarts a worker silent this long; 0 = never
     prometheus: bool = False
     prometheus_handler_prefix: str = "/metrics"
     graphite: bool = False
@@ -941,17 +945,14 @@ def _check_proxy(values: Mapping[str, Any], namespaces: Mapping[str, ChannelOpti
 
 
 # Unsupported options a user relies on for security or exposure: set to anything but the
-# default, the server refuses to start (like `engine: redis`). admin_password and
-# admin_secret are not here: they only protect the admin UI, which is off without `admin`,
-# and every config that `centrifugo genconfig` wrote has them, so they stay warnings.
+# default, the server refuses to start (like `engine: redis`).
 _REFUSED: tuple[tuple[str, str], ...] = (
     ("tls", "TLS is not supported yet; terminate TLS in a proxy in front of uniws"),
-    ("admin", "the admin UI and admin API are not supported yet"),
     ("sockjs", "the SockJS transport is not supported"),
     ("redis_cluster_address", "Redis Cluster is not supported; use redis_address (one entry per shard)"),
     ("redis_use_lists", "legacy LIST history is not supported; uniws needs Redis >= 5.0.1 streams"),
 )
-_NOT_REFUSED = frozenset({"admin_password", "admin_secret"})
+_NOT_REFUSED: frozenset[str] = frozenset()
 
 
 def refused_option(name: str) -> str | None:
@@ -975,6 +976,10 @@ def _check_workers(values: Mapping[str, Any]) -> None:
     for name in ("workers", "http_max_request_body_size", "http_max_incomplete_requests"):
         if values[name] < 0:
             raise ConfigError(f'option "{name}" must not be negative, got {values[name]}')
+    if values["health_worker_timeout"] <= 0:
+        raise ConfigError('option "health_worker_timeout" must be positive')
+    if values["admin_web_path"] and not os.path.isdir(values["admin_web_path"]):
+        raise ConfigError(f'option "admin_web_path": {values["admin_web_path"]!r} is not a directory')
 
 
 def _resolve_defaults(values: dict[str, Any]) -> None:
@@ -992,7 +997,7 @@ def _resolve_defaults(values: dict[str, Any]) -> None:
 
 def _security_warnings(values: Mapping[str, Any]) -> list[str]:
     warnings = []
-    for option, what in (("client_insecure", "client"), ("api_insecure", "API")):
+    for option, what in (("client_insecure", "client"), ("api_insecure", "API"), ("admin_insecure", "admin")):
         if values[option]:
             warnings.append(f"INSECURE {what} mode enabled, make sure you understand risks")
     if values["allowed_origins"] == ["*"]:

@@ -11,7 +11,9 @@ connection.
 
 WebSocket upgrades on the uni_websocket path are handed to transport.py (picows takes the
 socket over) with the bytes that followed the head. Everything else is answered here: the
-server API, /health, and 404. Keep-alive, pipelining, `Expect: 100-continue`. Pipelined
+server API and the other handlers of the listener (health, metrics, the admin UI; each
+with the API's shape, see Routes), a static /health when no handler checks workers, and
+404. Keep-alive, pipelining, `Expect: 100-continue`. Pipelined
 API requests are started one after another: a request starts once the one before it has
 started all its commands, so commands reach each channel's owner in connection order.
 Responses go out in request order.
@@ -38,8 +40,8 @@ MAX_PIPELINE = 16              # responses owed before the connection stops read
 MAX_DISCARD = 256 * 1024       # bytes dropped after an early answer before closing hard
 MAX_UPGRADE_TAIL = 64 * 1024   # bytes held after an upgrade head while earlier responses are owed
 LINGER = 1.0                   # seconds a closing connection waits for the client's FIN
-_REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
+_REASONS = {100: "Continue", 200: "OK", 301: "Moved Permanently", 400: "Bad Request", 401: "Unauthorized",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 # What a connection is reading now. HEAD and BODY count as incomplete requests.
@@ -50,12 +52,17 @@ _OTHER, _API, _HEALTH, _WS = 0, 1, 2, 3
 
 @dataclass(slots=True)
 class Routes:
-    """What one listener serves (external and internal listeners may differ, 07 §3)."""
+    """What one listener serves (external and internal listeners may differ, 07 §3).
+
+    `handlers` are asked in order after the API; each has the API's shape: `matches(path)`,
+    `head_check(method, path, query, headers)` and `async handle(method, path, query,
+    headers, body)` (health, metrics, the admin UI; the admin UI's subtree goes last)."""
 
     ws_path: str | None = None
     ws: object = None              # transport.UniWebSocket
     api: object = None             # api.Api
-    health_path: str | None = None
+    health_path: str | None = None     # a static `{}` answer, when no health handler checks workers
+    handlers: tuple = ()
 
 
 class FrontLimits:
@@ -122,20 +129,21 @@ class _Refused(Exception):
 
 
 class _ApiCall:
-    """One API request of a connection: waits for its turn, then runs as a task."""
+    """One API (or other handler's) request of a connection: waits for its turn, then runs as a task."""
 
-    __slots__ = ("front", "args", "task")
+    __slots__ = ("front", "handler", "args", "task")
 
-    def __init__(self, front: HttpFront, args: tuple) -> None:
+    def __init__(self, front: HttpFront, handler, args: tuple) -> None:
         self.front = front
+        self.handler = handler
         self.args = args
         self.task: asyncio.Task | None = None
 
-    def start(self, api) -> None:
+    def start(self) -> None:
         method, path, query, headers, body = self.args
         self.args = None
         self.task = asyncio.get_running_loop().create_task(
-            api.handle(method, path, query, headers, body, dispatched=self.dispatched))
+            self.handler.handle(method, path, query, headers, body, dispatched=self.dispatched))
         self.task.add_done_callback(self._done)
 
     def dispatched(self) -> None:
@@ -154,8 +162,8 @@ class _ApiCall:
 
 class HttpFront(asyncio.Protocol):
     __slots__ = ("routes", "limits", "transport", "parser", "id", "phase", "counted", "began",
-                 "url", "request", "raw_headers", "headers", "head_size", "head_raw", "kind", "body", "body_size",
-                 "pending", "calls", "dispatching", "last", "eof", "closed", "continue_owed",
+                 "url", "request", "raw_headers", "headers", "head_size", "head_raw", "kind", "handler", "body",
+                 "body_size", "pending", "calls", "dispatching", "last", "eof", "closed", "continue_owed",
                  "paused", "deadline", "wake", "upgrade", "upgrade_tail", "discarded", "lingering")
 
     def __init__(self, routes: Routes, limits: FrontLimits | None = None) -> None:
@@ -174,6 +182,7 @@ class HttpFront(asyncio.Protocol):
         self.head_size = 0             # request line and header bytes seen by the callbacks
         self.head_raw = 0              # bytes fed since the head began in an earlier read
         self.kind = _OTHER
+        self.handler = None            # what answers an _API request
         self.body: list[bytes] | None = None
         self.body_size = 0
         self.pending: collections.deque = collections.deque()   # [response or _ApiCall, keep_alive]
@@ -347,14 +356,15 @@ class HttpFront(asyncio.Protocol):
                 raise _Refused(400, "upgrade request with a body")
             # otherwise answered as a plain request (a client asking for h2c, say)
         if self.kind != _WS:
-            api = routes.api
-            if api is not None and api.matches(path):
-                rejection = api.head_check(method, path, query, headers)
+            handler = self._handler_for(path)
+            if handler is not None:
+                rejection = handler.head_check(method, path, query, headers)
                 if rejection is not None:
                     self._set_phase(_DONE)
                     self._queue(rejection, keep_alive=False)
                     raise _Refused(rejection[0], "refused on its head") from None
                 self.kind = _API
+                self.handler = handler
                 self.body = []
             elif routes.health_path is not None and path == routes.health_path:
                 self.kind = _HEALTH
@@ -368,6 +378,16 @@ class HttpFront(asyncio.Protocol):
                 self.continue_owed = True      # after the responses owed to earlier requests
             else:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _handler_for(self, path: str):
+        routes = self.routes
+        api = routes.api
+        if api is not None and api.matches(path):
+            return api
+        for handler in routes.handlers:
+            if handler.matches(path):
+                return handler
+        return None
 
     def on_body(self, data: bytes) -> None:
         self._count_body(len(data))
@@ -393,8 +413,8 @@ class HttpFront(asyncio.Protocol):
             self.upgrade = (method, query, self.headers)
             return
         if kind == _API:
-            call = _ApiCall(self, (method, path, query, self.headers, b"".join(self.body)))
-            self.body = None
+            call = _ApiCall(self, self.handler, (method, path, query, self.headers, b"".join(self.body)))
+            self.body = self.handler = None
             self.pending.append([call, keep_alive])
             self.calls.append(call)
             if self.dispatching is None:
@@ -478,7 +498,7 @@ class HttpFront(asyncio.Protocol):
         if self.calls and self.dispatching is None:
             call = self.calls.popleft()
             self.dispatching = call
-            call.start(self.routes.api)
+            call.start()
 
     # -- WebSocket hand-off ------------------------------------------------------------------
 

@@ -103,6 +103,7 @@ class Hub:
         self.pending: dict[str, dict[Conn, Buffered]] = {}
         # Channels this worker receives (subscribers or a connect waiting): the engine's count.
         self._wanted: dict[str, int] = {}
+        self.publications = 0          # publications handed to this hub (metrics)
 
     # -- users -------------------------------------------------------------------------------
 
@@ -193,6 +194,7 @@ class Hub:
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
         """Engine callback: frame the publication once per protocol version, fan it out."""
+        self.publications += 1
         if self.pending:
             waiting = self.pending.get(channel)
             if waiting:

@@ -95,6 +95,8 @@ class Node:
                                cfg.uni_websocket_write_timeout)
         self._timer: asyncio.TimerHandle | None = None
         self.http = None               # http.FrontLimits, set by server.py: its deadlines ride this tick
+        # Counters read by metrics.py (per publication or connection, never per message sent).
+        self.metrics = None            # metrics.WorkerMetrics, set by server.py when enabled
 
     def _make_engine(self, index: int, count: int):
         meta_ttl = self.cfg.history_meta_ttl
@@ -175,6 +177,22 @@ class Node:
                     check(conn, now)
 
     # -- the transport's calls -----------------------------------------------------------------
+
+    # Counters metrics.py reads (per publication or connection, never per message sent).
+
+    @property
+    def publications(self) -> int:
+        """Publications handed to this worker's hub."""
+        return self.hub.publications
+
+    @property
+    def connects(self) -> int:
+        return self.sessions.connects
+
+    @property
+    def disconnects(self) -> dict[int, int]:
+        """Server-side disconnect code -> count."""
+        return self.sessions.disconnects
 
     def new_conn(self, v2: bool, connect_request: ConnectRequest | None, headers: Headers = ()) -> Conn:
         return self.sessions.new_conn(v2, connect_request, headers)
@@ -391,6 +409,7 @@ class Node:
         if uptime:
             entry["uptime"] = uptime
         items = {"uniws.engine.streams": float(self.engine.num_streams()),
+                 "uniws.node.publications": float(self.hub.publications),
                  "uniws.node.presence_channels": float(self.engine.num_presence_channels()),
                  "uniws.ws.listener_exceptions": float(BOUNDARY.listener_exceptions),
                  "uniws.ws.client_protocol_errors": float(BOUNDARY.client_protocol_errors)}
@@ -399,6 +418,7 @@ class Node:
         if self.cluster is not None:
             items.update({f"uniws.bus.{k}": float(v) for k, v in self.cluster.bus.stats().items()})
             items["uniws.bus.overflows"] = float(self.cluster.overflows)
+            items["uniws.node.sequenced"] = float(self.cluster.sequenced)
         entry["metrics"] = {"interval": float(self.tick), "items": items}
         return entry
 

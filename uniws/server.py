@@ -19,9 +19,13 @@ from typing import Callable
 import uvloop
 
 from . import __version__
+from .admin import AdminHandler
 from .api import Api
 from .bus import Bus, BusFiles, BusSpaceError
+from .health import HealthHandler
+from .heartbeat import Heartbeat, beat_interval
 from .http import FrontLimits, HttpFront, Routes
+from .metrics import MetricsHandler, WorkerMetrics
 from .node import Node
 from .transport import UniWebSocket
 
@@ -53,16 +57,37 @@ def _listeners(cfg, node: Node) -> list[tuple[Routes, str, int, list[str]]]:
                                            error_mode=cfg.api_error_mode)
     ws = UniWebSocket(node, cfg) if cfg.uni_websocket else None
     ws_path = _prefix(cfg.uni_websocket_handler_prefix) if ws else None
-    health = _prefix(cfg.health_handler_prefix) if cfg.health else None
+    health = HealthHandler(node, _prefix(cfg.health_handler_prefix), cfg.health_worker_timeout) if cfg.health else None
+    metrics = None
+    if cfg.prometheus:
+        node.metrics = WorkerMetrics(node)
+        metrics = MetricsHandler(node, _prefix(cfg.prometheus_handler_prefix), cfg.health_worker_timeout)
+        if api is not None:
+            api.metrics = node.metrics
+    admin = AdminHandler(node, cfg) if cfg.admin else None
+    if admin is not None and node.metrics is not None:
+        admin.api.metrics = node.metrics
     internal_port = int(cfg.internal_port) if cfg.internal_port else cfg.port
     internal_address = cfg.internal_address or cfg.address
-    internal_names = [name for name, on in (("api", api), ("health", health)) if on]
+    # The admin UI's subtree answers every path no other handler claims: it goes last.
+    internal = [(name, h) for name, h in (("api", api), ("health", health), ("metrics", metrics),
+                                          ("admin", None if cfg.admin_external else admin)) if h]
+    external = [("admin", admin)] if admin is not None and cfg.admin_external else []
+    ws_names = ["uni_websocket"] if ws else []
+
+    def handlers(named):
+        return tuple(h for name, h in named if name != "api")
+
     if (internal_address, internal_port) == (cfg.address, cfg.port):
-        names = internal_names + (["uni_websocket"] if ws else [])
-        return [(Routes(ws_path, ws, api, health), cfg.address, cfg.port, names)]
-    listeners = [(Routes(ws_path, ws, None, None), cfg.address, cfg.port, ["uni_websocket"] if ws else [])]
-    if internal_names:
-        listeners.append((Routes(None, None, api, health), internal_address, internal_port, internal_names))
+        both = internal + external
+        named = [x for x in both if x[0] != "admin"] + [x for x in both if x[0] == "admin"]
+        return [(Routes(ws_path, ws, api, None, handlers(named)), cfg.address, cfg.port,
+                 [name for name, _ in named] + ws_names)]
+    listeners = [(Routes(ws_path, ws, None, None, handlers(external)), cfg.address, cfg.port,
+                  ws_names + [name for name, _ in external])]
+    if internal:
+        listeners.append((Routes(None, None, api, None, handlers(internal)), internal_address, internal_port,
+                          [name for name, _ in internal]))
     return listeners
 
 
@@ -80,7 +105,8 @@ def reload_node(node: Node, reload: Callable | None) -> None:
 
 
 async def run(cfg, *, index: int = 0, count: int = 1, bus_files: BusFiles | None = None,
-              restarted: bool = False, uid: str | None = None, reload: Callable | None = None) -> int:
+              restarted: bool = False, uid: str | None = None, reload: Callable | None = None,
+              heartbeat_fd: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     node = Node(cfg, loop, index=index, count=count, uid=uid)
     bus = None
@@ -100,6 +126,10 @@ async def run(cfg, *, index: int = 0, count: int = 1, bus_files: BusFiles | None
         if index == 0:
             log.info("serving %s endpoints on %s:%d", ", ".join(names) or "no", address, port)
     node.start()
+    heartbeat = None
+    if heartbeat_fd is not None and cfg.worker_hang_timeout > 0:
+        heartbeat = Heartbeat(loop, heartbeat_fd, index, beat_interval(cfg.worker_hang_timeout))
+        heartbeat.start()
 
     stop = asyncio.Event()
     # A supervised worker (count > 1) stops only on its supervisor's SIGTERM and ignores the
@@ -117,6 +147,8 @@ async def run(cfg, *, index: int = 0, count: int = 1, bus_files: BusFiles | None
     for server in servers:
         server.close()
     ok = await node.shutdown(cfg.shutdown_timeout)
+    if heartbeat is not None:
+        heartbeat.stop()
     if bus is not None:
         bus.close()
     if not ok:

@@ -121,6 +121,8 @@ class Sessions:
         # headers and meta of connections the refresh proxy will be asked about. Others: no entry.
         self._proxy_ctx: dict[str, ConnContext] = {}
         self._refreshing: set[str] = set()       # refresh proxy calls in flight, by client id
+        self.connects = 0                        # connections opened (metrics)
+        self.disconnects: dict[int, int] = {}    # server-side disconnect code -> count (metrics)
 
     @property
     def proxy(self):
@@ -148,6 +150,7 @@ class Sessions:
             conn.close_transport(False)
             return
         self.conns[conn.client_id] = conn
+        self.connects += 1
         if node.ping_interval:
             node.wheel.add(conn)
         if conn.connect_request is not None:
@@ -188,6 +191,7 @@ class Sessions:
 
     def disconnect(self, conn: Conn, reason: Disconnect) -> None:
         """Server-side termination (01 §8.1): leave channels, Disconnect push, TCP close."""
+        self.disconnects[reason.code] = self.disconnects.get(reason.code, 0) + 1
         push = None
         if reason.code != 3000:
             push = codec.frame_text(codec.disconnect_push(conn.v2, reason.code, reason.reason, reason.reconnect))

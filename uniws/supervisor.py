@@ -15,6 +15,10 @@ SIGTERM and SIGHUP blocked and unblock them once their loop handles them, so a s
 that arrives while a worker starts waits for it instead of killing it. A worker that
 exits while the supervisor shuts down is never restarted.
 
+Hangs: every worker's loop beats on a shared pipe (heartbeat.py); a worker that has not
+beaten for `worker_hang_timeout` (a stuck loop, SIGSTOP) is killed with SIGKILL and
+restarted like a crashed one, as uvicorn's supervisor does with its ping pipe.
+
 Signals are turned into bytes on a pipe (`signal.set_wakeup_fd`) and handled in a
 plain select loop: the supervisor has no event loop and no threads, so forking
 a worker from it is always safe.
@@ -33,6 +37,7 @@ import uuid
 from typing import Callable
 
 from .bus import BusFiles
+from .heartbeat import BEAT
 
 log = logging.getLogger("uniws.supervisor")
 
@@ -56,6 +61,9 @@ class Supervisor:
         self.delay: dict[int, float] = {}            # index -> next restart delay
         self.restart_at: dict[int, float] = {}       # index -> when to start it again
         self.restarts = 0
+        self.hang_timeout = cfg.worker_hang_timeout       # 0: never
+        self.beats: dict[int, float] = {}            # index -> last heartbeat (or start) time
+        self.hung: set[int] = set()                  # pids killed for not beating
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -66,7 +74,7 @@ class Supervisor:
             self._become_worker(index, restarted)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         self.pids[pid] = index
-        self.started[index] = time.monotonic()
+        self.started[index] = self.beats[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, pid)
 
     def _become_worker(self, index: int, restarted: bool) -> None:
@@ -80,9 +88,11 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, _DEFERRED)
             os.close(self._wake_r)
             os.close(self._wake_w)
+            os.close(self._beat_r)
             from .server import run_worker
             code = run_worker(self.cfg, index=index, count=self.count, bus_files=self.bus_files,
-                              restarted=restarted, uid=self.uid, reload=self.reload)
+                              restarted=restarted, uid=self.uid, reload=self.reload,
+                              heartbeat_fd=self._beat_w)
         except BaseException:
             log.exception("worker %d crashed", index)
         finally:
@@ -101,10 +111,12 @@ class Supervisor:
             if index is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
+            hung = pid in self.hung
+            self.hung.discard(pid)
             if self.stopping:
                 continue
             alive = time.monotonic() - self.started.get(index, 0.0)
-            if code > 0 and index not in self.delay and alive < _STARTUP_GRACE:
+            if code > 0 and index not in self.delay and alive < _STARTUP_GRACE and not hung:
                 # A first-generation worker that fails as it starts (the port is taken, say)
                 # would fail again: stop with its error instead of restarting forever.
                 log.critical("worker %d failed to start (exit %d); stopping", index, code)
@@ -140,6 +152,9 @@ class Supervisor:
         self.bus_files = BusFiles.create(bus_dir, self.count)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self._beat_r, self._beat_w = os.pipe()
+        os.set_blocking(self._beat_r, False)
+        os.set_blocking(self._beat_w, False)
         for sig in _SIGNALS:
             signal.signal(sig, lambda *_: None)      # the wakeup fd carries the signal number
         signal.set_wakeup_fd(self._wake_w)
@@ -150,14 +165,21 @@ class Supervisor:
         finally:
             signal.set_wakeup_fd(-1)
             shutil.rmtree(bus_dir, ignore_errors=True)
+            for fd in (self._beat_r, self._beat_w):
+                os.close(fd)
 
     def _loop(self) -> int:
         while True:
             timeout = None
             if self.restart_at:
                 timeout = max(0.0, min(self.restart_at.values()) - time.monotonic())
-            ready, _, _ = select.select([self._wake_r], [], [], timeout)
-            signals = os.read(self._wake_r, 256) if ready else b""
+            if self.hang_timeout:
+                check = min(1.0, self.hang_timeout / 4)
+                timeout = check if timeout is None else min(timeout, check)
+            ready, _, _ = select.select([self._wake_r, self._beat_r], [], [], timeout)
+            if self._beat_r in ready:
+                self._read_beats()
+            signals = os.read(self._wake_r, 256) if self._wake_r in ready else b""
             # A stop signal wins over anything read with it: a worker exit seen in the same
             # batch is part of the shutdown, not a crash to restart.
             if any(sig in _STOP_SIGNALS for sig in signals):
@@ -170,7 +192,32 @@ class Supervisor:
             if self.startup_failed:
                 self._shutdown()
                 return 1
+            self._kill_hung()
             self._restart_due()
+
+    def _read_beats(self) -> None:
+        try:
+            data = os.read(self._beat_r, 4096 * BEAT.size)
+        except BlockingIOError:
+            return
+        now = time.monotonic()
+        for (index,) in BEAT.iter_unpack(data[:len(data) - len(data) % BEAT.size]):
+            if index in self.beats:
+                self.beats[index] = now
+
+    def _kill_hung(self) -> None:
+        if not self.hang_timeout:
+            return
+        now = time.monotonic()
+        for pid, index in list(self.pids.items()):
+            if pid not in self.hung and now - self.beats.get(index, now) > self.hang_timeout:
+                log.error("worker %d (pid %d) has not answered for %.1f s (worker_hang_timeout); killing it",
+                          index, pid, now - self.beats[index])
+                self.hung.add(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _reload(self) -> None:
         if self.reload is not None:

@@ -310,7 +310,9 @@ def test_stalled_worker_is_lapped_and_its_clients_recover(start_server):
     """SIGSTOP one worker while 48 MB of publications pass its ring (32 MB): the others do not
     wait or grow, and when it wakes it notices, counts the overflow and closes its clients with
     3010 so they reconnect and recover."""
-    server = start_server({**CONFIG, "history_size": 10, "uni_websocket_ping_interval": "-1s"})
+    # The worker is stopped on purpose and must resume, not be restarted as hung.
+    server = start_server({**CONFIG, "history_size": 10, "uni_websocket_ping_interval": "-1s",
+                           "worker_hang_timeout": "0s"})
     channel = "firehose"
     owner = owner_of(channel, 4)
     stalled = (owner + 1) % 4
@@ -370,7 +372,7 @@ def test_publication_posted_to_a_stopped_owner_is_answered_with_an_error(start_s
     """A publish to a history-less channel is posted to its owner; the API answers it only
     when the owner has served it. An owner that does not serve it within the request
     timeout (5 s) makes the answer error 100, never a success."""
-    server = start_server({"workers": 2, "namespaces": [{"name": "live"}]})
+    server = start_server({"workers": 2, "namespaces": [{"name": "live"}], "worker_hang_timeout": "0s"})
     channel = next(f"live:x{i}" for i in range(100) if owner_of(f"live:x{i}", 2) == 1)
     pid = worker_pids(server)[1]
     body = json.dumps({"method": "publish", "params": {"channel": channel, "data": {}}})

@@ -213,12 +213,12 @@ def test_help_has_one_line_per_flag_in_groups_without_unsupported_flags(tmp_path
     options = out[out.index("\noptions:"):]
     flag_lines = [line for line in options.splitlines() if line.startswith("  -")]
     assert len(flag_lines) >= 15 and all(len(line.split("  ", 2)) == 3 for line in flag_lines), flag_lines
-    for hidden in ("--tls", "--admin", "--sockjs", "--prometheus", "--redis_address", "--debug"):
+    for hidden in ("--tls", "--sockjs", "--redis_address", "--debug"):
         assert hidden not in out
     assert re.search(r"^ {4}gentoken ", out, re.M) and not re.search(r"^ {4}serve\b", out, re.M)
 
 
-@pytest.mark.parametrize("args", [("--tls",), ("--tls_cert", "c.pem"), ("--admin",), ("--sockjs",)])
+@pytest.mark.parametrize("args", [("--tls",), ("--tls_cert", "c.pem"), ("--sockjs",)])
 def test_unsupported_security_flags_refuse_to_start(tmp_path: Path, args: tuple[str, ...]) -> None:
     result = run(tmp_path, *args)
     assert result.code == 1
@@ -252,15 +252,14 @@ def test_checkconfig_good_file(tmp_path: Path) -> None:  # vector 21
 
 
 def test_checkconfig_warns_like_the_server(tmp_path: Path) -> None:
-    write_config(tmp_path, {"colour": "red", "prometheus": True})
+    write_config(tmp_path, {"colour": "red", "graphite": True})
     result = run(tmp_path, "checkconfig")
     assert (result.code, result.out) == (0, "")
     assert result.err.splitlines() == ['warning: unknown option "colour" ignored',
-                                       'warning: option "prometheus" is not supported yet and is ignored']
+                                       'warning: option "graphite" is not supported yet and is ignored']
 
 
-@pytest.mark.parametrize("doc", [{"tls": True}, {"tls_key": "k.pem"}, {"admin": True}, {"admin_insecure": True},
-                                 {"sockjs": True}])
+@pytest.mark.parametrize("doc", [{"tls": True}, {"tls_key": "k.pem"}, {"sockjs": True}])
 def test_checkconfig_refuses_unsupported_security_options(tmp_path: Path, doc: dict[str, Any]) -> None:
     write_config(tmp_path, doc)
     result = run(tmp_path, "checkconfig")
@@ -314,11 +313,10 @@ def test_genconfig_json(tmp_path: Path) -> None:  # vector 22
     path = tmp_path / "out.json"
     text = path.read_text()
     doc = json.loads(text)
-    # Not admin_password/admin_secret as the reference: the server would say it ignores them.
-    assert list(doc) == ["token_hmac_secret_key", "api_key", "allowed_origins"]
-    secrets = [doc[key] for key in list(doc)[:2]]
+    assert list(doc) == ["token_hmac_secret_key", "admin_password", "admin_secret", "api_key", "allowed_origins"]
+    secrets = [doc[key] for key in list(doc)[:4]]
     assert all(UUID4.match(value) for value in secrets)
-    assert len(set(secrets)) == 2
+    assert len(set(secrets)) == 4
     assert doc["allowed_origins"] == []
     assert text == json.dumps(doc, indent=2) + "\n"
     assert path.stat().st_mode & 0o777 == 0o644
@@ -355,25 +353,25 @@ def test_genconfig_bad_extension(tmp_path: Path) -> None:  # vector 24
 def test_genconfig_yaml(tmp_path: Path, name: str) -> None:  # vector 25
     assert run(tmp_path, "genconfig", "-c", name).code == 0
     lines = (tmp_path / name).read_text().split("\n")
-    keys = ["token_hmac_secret_key", "api_key"]
-    for line, key in zip(lines[:2], keys, strict=True):
+    keys = ["token_hmac_secret_key", "admin_password", "admin_secret", "api_key"]
+    for line, key in zip(lines[:4], keys, strict=True):
         name_part, value = line.split(": ")
         assert name_part == key
         assert UUID4.match(value)  # unquoted
-    assert lines[2:] == ["allowed_origins: []", ""]
+    assert lines[4:] == ["allowed_origins: []", ""]
     assert run(tmp_path, "checkconfig", "-c", name).code == 0
 
 
 def test_genconfig_toml(tmp_path: Path) -> None:  # vector 25
     assert run(tmp_path, "genconfig", "-c", "out.toml").code == 0
     lines = (tmp_path / "out.toml").read_text().split("\n")
-    keys = ["token_hmac_secret_key", "api_key"]
-    for line, key in zip(lines[:2], keys, strict=True):
+    keys = ["token_hmac_secret_key", "admin_password", "admin_secret", "api_key"]
+    for line, key in zip(lines[:4], keys, strict=True):
         name_part, value = line.split(" = ")
         assert name_part == key
         assert value.startswith('"') and value.endswith('"')
         assert UUID4.match(value[1:-1])
-    assert lines[2:] == ["allowed_origins = []", ""]
+    assert lines[4:] == ["allowed_origins = []", ""]
 
 
 def test_genconfig_deletes_file_failing_validation(tmp_path: Path) -> None:

@@ -651,16 +651,15 @@ def test_unknown_option_is_a_warning(tmp_path: Path) -> None:
 
 
 def test_unsupported_option_warns_only_when_changed(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.json", '{"prometheus": true, "sockjs": false, "redis_prefix": "centrifugo"}')
+    path = write(tmp_path, "c.json", '{"graphite": true, "sockjs": false, "redis_prefix": "centrifugo"}')
     _, warnings = load_config(path, {}, {})
-    assert warnings == ['option "prometheus" is not supported yet and is ignored']
+    assert warnings == ['option "graphite" is not supported yet and is ignored']
 
 
-@pytest.mark.parametrize("name", sorted(n for n in OPTIONS if n.startswith(("tls", "admin", "sockjs"))
-                                        and n not in ("admin_password", "admin_secret")))
+@pytest.mark.parametrize("name", sorted(n for n in OPTIONS if n.startswith(("tls", "sockjs"))))
 def test_unsupported_security_option_refuses_to_start(tmp_path: Path, name: str) -> None:
-    """A server that would run plain HTTP while its config asks for TLS (or an admin UI, or
-    SockJS) must not start: every such option, set to anything but its default, is fatal."""
+    """A server that would run plain HTTP while its config asks for TLS (or SockJS) must not
+    start: every such option, set to anything but its default, is fatal."""
     value = {"bool": True, "str": "x", "int": 1}.get(OPTIONS[name].kind, "1s")
     for source in ({"file": {name: value}}, {"env": {f"UNIWS_{name.upper()}": str(value).lower()}},
                    {"flag": {name: value}}):
@@ -673,11 +672,28 @@ def test_unsupported_security_option_refuses_to_start(tmp_path: Path, name: str)
         assert load_config(None, {}, {name: OPTIONS[name].default})
 
 
-def test_admin_credentials_from_a_centrifugo_genconfig_only_warn(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.json", '{"admin_password": "p", "admin_secret": "s"}')
-    _, warnings = load_config(path, {}, {})
-    assert warnings == ['option "admin_password" is not supported yet and is ignored',
-                        'option "admin_secret" is not supported yet and is ignored']
+def test_admin_options_are_supported(tmp_path: Path) -> None:
+    path = write(tmp_path, "c.json", '{"admin": true, "admin_password": "p", "admin_secret": "s", '
+                                     '"prometheus": true, "health": true}')
+    cfg, warnings = load_config(path, {}, {})
+    assert warnings == [] and cfg.admin and cfg.admin_password == "p" and cfg.prometheus
+
+
+def test_admin_insecure_warns(tmp_path: Path) -> None:
+    _, warnings = load_config(None, {}, {"admin": True, "admin_insecure": True})
+    assert warnings == ["INSECURE admin mode enabled, make sure you understand risks"]
+
+
+def test_health_worker_timeout_must_be_positive() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {"health_worker_timeout": "0s"})
+    assert "health_worker_timeout" in info.value.message
+
+
+def test_admin_web_path_must_be_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {"admin_web_path": str(tmp_path / "missing")})
+    assert "admin_web_path" in info.value.message
 
 
 def test_insecure_modes_warn() -> None:
