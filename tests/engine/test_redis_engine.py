@@ -339,11 +339,10 @@ def test_publication_crosses_engines_and_handler_errors_do_not_break_delivery(re
     run(body())
 
 
-def test_engine_from_config(redis_server, tmp_path, monkeypatch):
+def test_engine_from_config(redis_server, tmp_path):
     import json
 
     from uniws import config as config_module
-    monkeypatch.setattr(config_module, "REDIS_ENGINE_WIRED", True)
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"engine": "redis", "redis_address": f"redis://{redis_server.address}/1",
                                 "redis_prefix": "cfg", "presence_ttl": "30s", "history_meta_ttl": "100s"}))
