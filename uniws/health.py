@@ -16,6 +16,8 @@ import inspect
 
 import orjson
 
+from .http import PathHandler
+
 _JSON = [("Content-Type", "application/json")]
 
 
@@ -46,23 +48,10 @@ async def problems(node, timeout: float) -> list[str]:
     return reasons
 
 
-class HealthHandler:
+class HealthHandler(PathHandler):
     """Any method on `health_handler_prefix`."""
 
-    def __init__(self, node, path: str, timeout: float) -> None:
-        self.node = node
-        self.path = path
-        self.timeout = timeout
-
-    def matches(self, path: str) -> bool:
-        return path == self.path
-
-    def head_check(self, method, path, query, headers):
-        return None
-
-    async def handle(self, method, path, query, headers, body, dispatched=None):
-        if dispatched is not None:
-            dispatched()
+    async def respond(self):
         reasons = await problems(self.node, self.timeout)
         if not reasons:
             return 200, _JSON, b"{}"

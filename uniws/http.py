@@ -65,6 +65,30 @@ class Routes:
     handlers: tuple = ()
 
 
+class PathHandler:
+    """A `Routes.handlers` entry for one path that answers from the node, whatever the method
+    and body (health, metrics): subclasses write `respond()`."""
+
+    def __init__(self, node, path: str, timeout: float) -> None:
+        self.node = node
+        self.path = path
+        self.timeout = timeout          # how long the node's workers are given to answer
+
+    def matches(self, path: str) -> bool:
+        return path == self.path
+
+    def head_check(self, method, path, query, headers):
+        return None
+
+    async def handle(self, method, path, query, headers, body, dispatched=None):
+        if dispatched is not None:
+            dispatched()
+        return await self.respond()
+
+    async def respond(self) -> tuple[int, list, bytes]:
+        raise NotImplementedError
+
+
 class FrontLimits:
     """A worker's HTTP limits and the deadlines of its HTTP connections (swept by the node's tick)."""
 

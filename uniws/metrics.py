@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from . import __version__
+from .http import PathHandler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # prometheus_client's default histogram buckets, as Centrifugo uses.
@@ -234,23 +235,10 @@ def _api_families(out: _Text, snaps: list[dict]) -> None:
         out.sample(hist + "_count", running, method=method, protocol="http")
 
 
-class MetricsHandler:
+class MetricsHandler(PathHandler):
     """`GET <prometheus_handler_prefix>` on the HTTP front (any method is answered)."""
 
-    def __init__(self, node, path: str, timeout: float) -> None:
-        self.node = node
-        self.path = path
-        self.timeout = timeout
-
-    def matches(self, path: str) -> bool:
-        return path == self.path
-
-    def head_check(self, method, path, query, headers):
-        return None
-
-    async def handle(self, method, path, query, headers, body, dispatched=None):
-        if dispatched is not None:
-            dispatched()
+    async def respond(self):
         snaps, missing = await node_snapshots(self.node, self.timeout)
         count = self.node.cluster.count if self.node.cluster is not None else 1
         return 200, [("Content-Type", CONTENT_TYPE)], render(snaps, missing, count)
