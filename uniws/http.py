@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 
 import httptools
+import orjson
 
 from .deadlines import Deadlines
 
@@ -56,6 +57,16 @@ class Routes:
     ws: object = None              # transport.UniWebSocket
     api: object = None             # api.Api
     health_path: str | None = None
+    health_check: object = None    # () -> None while the node can serve, else why not (engine.healthy)
+
+
+def _health(check) -> tuple:
+    """200 `{}` (08 §6) while the node can serve; 503 with the reason while it cannot (a Redis
+    shard down), so a load balancer's health check takes the node out."""
+    reason = check() if check is not None else None
+    if reason is None:
+        return 200, [("Content-Type", "application/json")], b"{}"
+    return 503, [("Content-Type", "application/json")], orjson.dumps({"error": reason})
 
 
 class FrontLimits:
@@ -400,7 +411,7 @@ class HttpFront(asyncio.Protocol):
             if self.dispatching is None:
                 self._start_next()
         elif kind == _HEALTH:
-            self._queue((200, [("Content-Type", "application/json")], b"{}"), keep_alive)
+            self._queue(_health(self.routes.health_check), keep_alive)
         else:
             self._queue(_text(404, "404 page not found\n"), keep_alive)
         if not self.closed and not self.lingering:
