@@ -19,6 +19,9 @@ Two phases per run:
           `--rounds` publications per channel sent as fast as node A accepts them (API batches
           of `--batch`): accepted/s, delivered/s, redis-server CPU (INFO cpu, sys+user) and uniws
           CPU (every node's process tree) per 100k publications.
+  paced   the load phase's subscribers at `--paced-rate` publications/s for `--paced-duration` s:
+          redis-server and uniws CPU per publication when publications are not pipelined by the
+          hundred (each costs Redis a write per subscriber connection).
 """
 
 from __future__ import annotations
@@ -113,6 +116,9 @@ class Fleet:
 
     def redis_cpu_s(self) -> float | None:
         return self.redis.cpu_s() if self.redis else None
+
+    def redis_writes(self) -> int | None:
+        return self.redis.writes() if self.redis else None
 
 
 def _wait_healthy(server: servers.Server, timeout: float) -> None:
@@ -230,7 +236,7 @@ def _run(name: str, args, progress: Progress, done: int, rep: int) -> dict:
             ready = subs.ready()
             subs.reset()
             count = args.channels * args.rounds
-            cpu0, redis0 = fleet.cpu_s(), fleet.redis_cpu_s()
+            cpu0, redis0, writes0 = fleet.cpu_s(), fleet.redis_cpu_s(), fleet.redis_writes()
             pub = gen.publish(fleet.pub.api_port, proto=fleet.pub.api_proto, rate=0, count=count, channel="c",
                               nchan=args.channels, batch=args.batch, inflight=args.pub_inflight, pad=args.pad)
             res = subs.wait(args.rounds, timeout_s=60, idle_s=args.idle)
@@ -243,11 +249,37 @@ def _run(name: str, args, progress: Progress, done: int, rep: int) -> dict:
                        delivered=res["msgs"], lost=res["lost"] + (count - acked) * args.subs,
                        dup_order=res["dup"] + res["seq_err"], load_p50_ms=res["p50_ms"], load_p99_ms=res["p99_ms"],
                        server_cpu_100k=cpu * per100k, redis_cpu_100k=redis * per100k if redis is not None else None,
-                       redis_cpu_us_per_pub=redis * 1e6 / max(acked, 1) if redis is not None else None)
+                       redis_cpu_us_per_pub=redis * 1e6 / max(acked, 1) if redis is not None else None,
+                       redis_writes_per_pub=(fleet.redis_writes() - writes0) / max(acked, 1)
+                       if fleet.redis else None)
+            if args.paced_rate:
+                run.update(_paced(fleet, subs, args))
             if run["lost"] or run["dup_order"] or pub["errors"] or run["light_lost"] or run["light_pub_errors"]:
                 note(f"{name}: LOSS load: {run['lost']} lost, {run['dup_order']} dup/order, {pub['errors']} API "
                      f"errors; light: {run['light_lost']} lost, {run['light_pub_errors']} API errors")
     return run
+
+
+def _paced(fleet: Fleet, subs: Subscribers, args) -> dict:
+    """The load phase's subscribers at a steady `--paced-rate` (publications spread over the
+    channels): here a publication is not pipelined with hundreds of others, so each one costs
+    Redis its own write to every subscriber connection - what the subscriber shape changes."""
+    subs.reset()
+    per_channel = max(1, round(args.paced_rate * args.paced_duration / args.channels))
+    count = per_channel * args.channels
+    cpu0, redis0, writes0 = fleet.cpu_s(), fleet.redis_cpu_s(), fleet.redis_writes()
+    pub = gen.publish(fleet.pub.api_port, proto=fleet.pub.api_proto, rate=args.paced_rate, count=count,
+                      channel="c", nchan=args.channels, batch=args.batch, inflight=args.pub_inflight, pad=args.pad,
+                      max_seconds=int(args.paced_duration * 5 + 30))
+    res = subs.wait(per_channel, timeout_s=args.paced_duration * 5 + 10, idle_s=args.idle)
+    cpu, redis = fleet.cpu_s() - cpu0, (fleet.redis_cpu_s() - redis0 if fleet.redis else None)
+    acked = max(pub["acked"], 1)
+    return {"paced_published": pub["acked"], "paced_achieved": pub["achieved_rate"],
+            "paced_lost": res["lost"] + (count - pub["acked"]) * args.subs, "paced_dup_order": res["dup"] + res["seq_err"],
+            "paced_pub_errors": pub["errors"], "paced_p50_ms": res["p50_ms"], "paced_p99_ms": res["p99_ms"],
+            "paced_redis_us_per_pub": redis * 1e6 / acked if redis is not None else None,
+            "paced_redis_writes_per_pub": (fleet.redis_writes() - writes0) / acked if fleet.redis else None,
+            "paced_server_us_per_pub": cpu * 1e6 / acked}
 
 
 # --------------------------------------------------------------------------- the scenario
@@ -255,7 +287,11 @@ def _run(name: str, args, progress: Progress, done: int, rep: int) -> dict:
 KEYS = [("accepted_per_s", "accepted/s", 0), ("delivered_per_s", "delivered/s", 0),
         ("light_p50_ms", "light p50 ms", 1), ("light_p99_ms", "light p99 ms", 1),
         ("redis_cpu_100k", "redis CPU s/100k pubs", 2), ("redis_cpu_us_per_pub", "redis µs/pub", 1),
+        ("redis_writes_per_pub", "redis writes/pub", 2),
         ("server_cpu_100k", "uniws CPU s/100k pubs", 2), ("load_p99_ms", "load p99 ms", 0)]
+PACED = [("paced_achieved", "achieved/s", 0), ("paced_p50_ms", "p50 ms", 1), ("paced_p99_ms", "p99 ms", 1),
+         ("paced_redis_us_per_pub", "redis µs/pub", 2),
+         ("paced_redis_writes_per_pub", "redis writes/pub", 2), ("paced_server_us_per_pub", "uniws µs/pub", 1)]
 
 
 def fleet(args) -> None:
@@ -276,13 +312,14 @@ def fleet(args) -> None:
             _attempt(runs, name, rep, lambda: _run(name, args, progress, len(runs), rep))
             progress.update(len(runs), f"rep {rep + 1} {name}", force=True)
     progress.finish()
-    medians = {n: {k: median([r.get(k) for r in runs if r["server"] == n and "error" not in r]) for k, *_ in KEYS}
-               for n in names}
+    medians = {n: {k: median([r.get(k) for r in runs if r["server"] == n and "error" not in r])
+                   for k, *_ in KEYS + PACED} for n in names}
     rows = []
     for n in names:
         mine = [r for r in runs if r["server"] == n and "error" not in r]
         loss = sum(r["lost"] + r["dup_order"] + r["light_lost"] + r["light_dup_order"] + r["pub_errors"]
-                   + r["light_pub_errors"] for r in mine)
+                   + r["light_pub_errors"] + r.get("paced_lost", 0) + r.get("paced_dup_order", 0)
+                   + r.get("paced_pub_errors", 0) for r in mine)
         rows.append([n, CONFIGS[n].nodes, f"{len(mine)}/{args.reps}",
                      *[fmt(medians[n][k], d) for k, _, d in KEYS], loss])
     text = "\n" + table(["config", "nodes", "runs", *[h for _, h, _ in KEYS], "lost+dup+err"], rows,
@@ -292,6 +329,12 @@ def fleet(args) -> None:
                         f"({args.channels * args.rounds}) as fast as accepted, batches of {args.batch}"
                         f"{f', history {args.history}' if args.history else ', no history'}; "
                         f"medians of {args.reps}")
+    if args.paced_rate:
+        text += "\n\n" + table(["config", "nodes", *[h for _, h, _ in PACED]],
+                               [[n, CONFIGS[n].nodes, *[fmt(medians[n][k], d) for k, _, d in PACED]] for n in names],
+                               f"paced: the load phase's subscribers, {args.paced_rate:g} publications/s for "
+                               f"{args.paced_duration:g} s spread over the {args.channels} channels; CPU per "
+                               f"publication, medians of {args.reps}")
     print(text + _errors(runs))
     path = report.save("fleet", {"args": {k: v for k, v in vars(args).items() if k != "func"},
                                  "runs": runs, "medians": medians})
@@ -309,6 +352,9 @@ def add_parser(sub) -> None:
     p.add_argument("--subs", type=int, default=2, help="subscribers per channel in the load phase")
     p.add_argument("--rounds", type=int, default=50, help="publications per channel in the load phase")
     p.add_argument("--light-duration", type=float, default=3.0, help="seconds of the 5/s light phase")
+    p.add_argument("--paced-rate", type=float, default=2000.0,
+                   help="publications/s of the paced phase (0: no paced phase)")
+    p.add_argument("--paced-duration", type=float, default=3.0, help="seconds of the paced phase")
     p.add_argument("--history", type=int, default=0, help="history_size of every channel (0: no history)")
     p.add_argument("--ready-timeout", type=float, default=20.0, help="seconds for a node's /health to say 200")
     p.set_defaults(func=fleet)

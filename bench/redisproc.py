@@ -67,11 +67,18 @@ class RedisProc:
                 return body[:want - 2]
             return data
 
+    def _info(self, section: bytes) -> dict[str, str]:
+        return dict(line.split(":", 1) for line in self.command(b"INFO " + section + b"\r\n").decode().splitlines()
+                    if ":" in line)
+
     def cpu_s(self) -> float:
         """used_cpu_sys + used_cpu_user of the redis-server process (INFO cpu)."""
-        fields = dict(line.split(":", 1) for line in self.command(b"INFO cpu\r\n").decode().splitlines()
-                      if ":" in line)
+        fields = self._info(b"cpu")
         return float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
+
+    def writes(self) -> int:
+        """Socket writes redis-server has made to its clients (INFO stats, Redis >= 6)."""
+        return int(self._info(b"stats").get("total_writes_processed", 0))
 
     def stop(self) -> None:
         if self.proc is not None:
