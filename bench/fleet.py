@@ -90,7 +90,7 @@ class Fleet:
         _wait_healthy(server, self.args.ready_timeout)
         return server
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         try:
             if self.layout.engine == "nats":
                 self.pub = self._stack.enter_context(servers.Server("nats"))
@@ -166,7 +166,7 @@ class Subscribers:
             self.lgs.append(self._stack.enter_context(
                 gen.LoadGen(server.ws_port, path, n, proto=server.proto, procs=per)))
 
-    def __enter__(self) -> "Subscribers":
+    def __enter__(self) -> Subscribers:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -181,8 +181,8 @@ class Subscribers:
 
     def wait(self, expect: int, timeout_s: float, idle_s: float) -> dict:
         for lg in self.lgs:                       # every load generator waits at once
-            lg._send(f"wait {expect} {int(timeout_s * 1000)} {int(idle_s * 1000)}")
-        reports = [lg._until("report", timeout=timeout_s + 30) for lg in self.lgs]
+            lg.start_wait(expect, timeout_s, idle_s)
+        reports = [lg.wait_report(timeout_s) for lg in self.lgs]
         hist: dict[int, int] = {}
         for r in reports:
             for low, count in r["hist"]:
@@ -295,7 +295,7 @@ PACED = [("paced_achieved", "achieved/s", 0), ("paced_p50_ms", "p50 ms", 1), ("p
 
 
 def fleet(args) -> None:
-    from .scenarios import _attempt, _errors, _order   # the shared run driver
+    from .scenarios import _attempt, _errors, _order  # the shared run driver
 
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     for n in names:

@@ -27,7 +27,7 @@ class RedisProc:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "RedisProc":
+    def start(self) -> RedisProc:
         why = self.available()
         if why:
             raise servers.ServerError(why)
@@ -85,7 +85,7 @@ class RedisProc:
             servers.stop_pid(self.proc.pid)
             self.proc = None
 
-    def __enter__(self) -> "RedisProc":
+    def __enter__(self) -> RedisProc:
         return self.start()
 
     def __exit__(self, *exc) -> None:

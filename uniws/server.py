@@ -57,7 +57,7 @@ def _listeners(cfg, node: Node) -> list[tuple[Routes, str, int, list[str]]]:
     internal_port = int(cfg.internal_port) if cfg.internal_port else cfg.port
     internal_address = cfg.internal_address or cfg.address
     internal_names = [name for name, on in (("api", api), ("health", health)) if on]
-    check = lambda: node.engine.healthy()  # noqa: E731  (a Redis shard down: /health says 503 and why)
+    check = node.engine.healthy            # a Redis shard down: /health says 503 and why
     if (internal_address, internal_port) == (cfg.address, cfg.port):
         names = internal_names + (["uni_websocket"] if ws else [])
         return [(Routes(ws_path, ws, api, health, check), cfg.address, cfg.port, names)]
