@@ -14,6 +14,7 @@ import pytest
 
 from tests.redisfixture import RedisServer
 from uniws.channels import ChannelOptions
+from uniws.eager import run_eager
 from uniws.engine.redis import RedisEngine
 from uniws.engine.redis_shards import parse_address, shard_index
 from uniws.errors import ApiError
@@ -358,3 +359,29 @@ def test_engine_from_config(redis_server, tmp_path, monkeypatch):
             await engine.close()
     run(body())
     assert redis_server.command("EXISTS", "cfg.stream.k", prefix=(("SELECT", "1"),)) == 1
+
+
+def test_survey_outside_a_task_as_api_commands_run(redis_server):
+    """The API runs a command eagerly, outside any task (uniws/eager.py): a survey there must
+    neither raise (asyncio.timeout needs a task) nor lose its timeout."""
+    async def body():
+        ha, hb = RecordingHandler("A"), RecordingHandler("B", {"n": 2})
+        async with engine_on([redis_server], ha, uid="A", survey_timeout=0.3, **FAST_CONTROL) as a, \
+                engine_on([redis_server], hb, uid="B", **FAST_CONTROL):
+            await ha.wait_for(lambda: len(a.nodes()) == 1)
+
+            async def outside_a_task():
+                loop = asyncio.get_running_loop()
+                started = loop.create_future()
+                loop.call_soon(lambda: started.set_result(run_eager(a.survey("channels", {}))))
+                return await asyncio.wait_for(await started, 5)
+
+            assert await outside_a_task() == [{"n": 2}]
+
+            async def never(op, args):
+                await asyncio.Event().wait()
+            hb.handle_survey = never
+            with pytest.raises(ApiError) as err:
+                await outside_a_task()
+            assert err.value.code == 100
+    run(body())

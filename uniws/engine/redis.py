@@ -69,6 +69,11 @@ def _epoch_now() -> str:
     return str(time.time_ns() // 1000)
 
 
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(ApiError(100))
+
+
 class Shard:
     """One Redis server: its connections, state and reconnection loop."""
 
@@ -555,15 +560,16 @@ class RedisEngine:
         if expected == 0:
             return []
         sid = next(self._survey_ids)
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._surveys[sid] = (fut, [], expected)
+        # A timer, not asyncio.timeout: API commands run eagerly, outside any task (uniws/eager.py).
+        timer = loop.call_later(self.survey_timeout, _expire, fut)
         try:
             await self._send_control({"m": "survey", "id": sid, "op": op, "args": args})
-            async with asyncio.timeout(self.survey_timeout):
-                return await fut
-        except TimeoutError:
-            raise ApiError(100) from None
+            return await fut
         finally:
+            timer.cancel()
             self._surveys.pop(sid, None)
 
     def nodes(self) -> list[dict]:
