@@ -385,3 +385,21 @@ def test_survey_outside_a_task_as_api_commands_run(redis_server):
                 await outside_a_task()
             assert err.value.code == 100
     run(body())
+
+
+def test_subscribe_outside_a_task_as_client_connects_run(redis_server):
+    """A client's connect subscribes eagerly, outside any task: the broker subscription must
+    still be made (it raised RuntimeError, and the channel's publications never came)."""
+    async def body():
+        ha = RecordingHandler("A")
+        async with engine_on([redis_server], ha, uid="A", **FAST_CONTROL) as a, \
+                engine_on([redis_server], uid="B", **FAST_CONTROL) as b:
+            loop = asyncio.get_running_loop()
+            started = loop.create_future()
+            loop.call_soon(lambda: started.set_result(run_eager(a.subscribe("chat"))))
+            waiting = await started
+            if waiting is not None:
+                await asyncio.wait_for(waiting, 5)
+            await b.publish("chat", b'{"m":1}', ChannelOptions())
+            await ha.wait_for(lambda: len(ha.pubs_of("chat")) == 1)
+    run(body())

@@ -69,9 +69,33 @@ def _epoch_now() -> str:
     return str(time.time_ns() // 1000)
 
 
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(ApiError(100))
+def _within(fut: asyncio.Future, timeout: float) -> asyncio.Future:
+    """`fut`'s outcome, or TimeoutError after `timeout` (`fut` itself is left running, as with
+    shield). Not asyncio.timeout: engine calls also run eagerly, outside any task (uniws/eager.py
+    runs API commands and client connects so), where asyncio.timeout raises RuntimeError."""
+    if fut.done():
+        return fut
+    loop = asyncio.get_running_loop()
+    outer = loop.create_future()
+
+    def settle(done: asyncio.Future) -> None:
+        if outer.done():
+            return
+        if done.cancelled():
+            outer.cancel()
+        elif done.exception() is not None:
+            outer.set_exception(done.exception())
+        else:
+            outer.set_result(done.result())
+
+    def expire() -> None:
+        if not outer.done():
+            outer.set_exception(TimeoutError())
+
+    fut.add_done_callback(settle)
+    timer = loop.call_later(timeout, expire)
+    outer.add_done_callback(lambda _: timer.cancel())
+    return outer
 
 
 class Shard:
@@ -405,8 +429,7 @@ class RedisEngine:
             fut = shard.sub.subscribe([self._client_key(channel)])[0]
             shard.subscribed[channel] = fut
         try:
-            async with asyncio.timeout(self.read_timeout):
-                await asyncio.shield(fut)
+            await _within(fut, self.read_timeout)
         except (ApiError, TimeoutError):
             if shard.subscribed.get(channel) is fut:
                 del shard.subscribed[channel]
@@ -560,16 +583,14 @@ class RedisEngine:
         if expected == 0:
             return []
         sid = next(self._survey_ids)
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        fut = asyncio.get_running_loop().create_future()
         self._surveys[sid] = (fut, [], expected)
-        # A timer, not asyncio.timeout: API commands run eagerly, outside any task (uniws/eager.py).
-        timer = loop.call_later(self.survey_timeout, _expire, fut)
         try:
             await self._send_control({"m": "survey", "id": sid, "op": op, "args": args})
-            return await fut
+            return await _within(fut, self.survey_timeout)
+        except TimeoutError:
+            raise ApiError(100) from None
         finally:
-            timer.cancel()
             self._surveys.pop(sid, None)
 
     def nodes(self) -> list[dict]:
