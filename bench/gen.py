@@ -126,6 +126,13 @@ class LoadGen:
         self._send(f"wait {expect} {int(timeout_s * 1000)} {int(idle_s * 1000)}")
         return self._until("report", progress, timeout=timeout_s + 30)
 
+    def start_wait(self, expect: int, timeout_s: float, idle_s: float) -> None:
+        """`wait` in two halves, so several load generators can wait at once."""
+        self._send(f"wait {expect} {int(timeout_s * 1000)} {int(idle_s * 1000)}")
+
+    def wait_report(self, timeout_s: float, progress=None) -> dict:
+        return self._until("report", progress, timeout=timeout_s + 30)
+
     def cpu_s(self) -> float:
         return sum(servers.proc_cpu_s(pid) for pid in self.children)
 

@@ -590,4 +590,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--pad", type=int, default=60)
     p.set_defaults(func=selftest)
+    from .fleet import add_parser as add_fleet   # its own module: it imports this one's helpers
+    add_fleet(sub)
     return parser

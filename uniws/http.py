@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 import httptools
+import orjson
 
 from .deadlines import Deadlines
 

@@ -14,6 +14,7 @@ import pytest
 
 from tests.redisfixture import RedisServer
 from uniws.channels import ChannelOptions
+from uniws.eager import run_eager
 from uniws.engine.redis import RedisEngine
 from uniws.engine.redis_shards import parse_address, shard_index
 from uniws.errors import ApiError
@@ -496,4 +497,47 @@ def test_presence_restored_by_refresh_after_redis_lost_it(redis_server):
             await handler.wait_for(lambda: e.healthy() is None and
                                    redis_server.command("HKEYS", "centrifugo.presence.data.p") == [b"c"])
             assert await e.presence("p") == {"c": info}
+
+
+def test_survey_outside_a_task_as_api_commands_run(redis_server):
+    """The API runs a command eagerly, outside any task (uniws/eager.py): a survey there must
+    neither raise (asyncio.timeout needs a task) nor lose its timeout."""
+    async def body():
+        ha, hb = RecordingHandler("A"), RecordingHandler("B", {"n": 2})
+        async with engine_on([redis_server], ha, uid="A", survey_timeout=0.3, **FAST_CONTROL) as a, \
+                engine_on([redis_server], hb, uid="B", **FAST_CONTROL):
+            await ha.wait_for(lambda: len(a.nodes()) == 1)
+
+            async def outside_a_task():
+                loop = asyncio.get_running_loop()
+                started = loop.create_future()
+                loop.call_soon(lambda: started.set_result(run_eager(a.survey("channels", {}))))
+                return await asyncio.wait_for(await started, 5)
+
+            assert await outside_a_task() == [{"n": 2}]
+
+            async def never(op, args):
+                await asyncio.Event().wait()
+            hb.handle_survey = never
+            with pytest.raises(ApiError) as err:
+                await outside_a_task()
+            assert err.value.code == 100
+    run(body())
+
+
+def test_subscribe_outside_a_task_as_client_connects_run(redis_server):
+    """A client's connect subscribes eagerly, outside any task: the broker subscription must
+    still be made (it raised RuntimeError, and the channel's publications never came)."""
+    async def body():
+        ha = RecordingHandler("A")
+        async with engine_on([redis_server], ha, uid="A", **FAST_CONTROL) as a, \
+                engine_on([redis_server], uid="B", **FAST_CONTROL) as b:
+            loop = asyncio.get_running_loop()
+            started = loop.create_future()
+            loop.call_soon(lambda: started.set_result(run_eager(a.subscribe("chat"))))
+            waiting = await started
+            if waiting is not None:
+                await asyncio.wait_for(waiting, 5)
+            await b.publish("chat", b'{"m":1}', ChannelOptions())
+            await ha.wait_for(lambda: len(ha.pubs_of("chat")) == 1)
     run(body())

@@ -70,6 +70,35 @@ def _epoch_now() -> str:
     return str(time.time_ns() // 1000)
 
 
+def _within(fut: asyncio.Future, timeout: float) -> asyncio.Future:
+    """`fut`'s outcome, or TimeoutError after `timeout` (`fut` itself is left running, as with
+    shield). Not asyncio.timeout: engine calls also run eagerly, outside any task (uniws/eager.py
+    runs API commands and client connects so), where asyncio.timeout raises RuntimeError."""
+    if fut.done():
+        return fut
+    loop = asyncio.get_running_loop()
+    outer = loop.create_future()
+
+    def settle(done: asyncio.Future) -> None:
+        if outer.done():
+            return
+        if done.cancelled():
+            outer.cancel()
+        elif done.exception() is not None:
+            outer.set_exception(done.exception())
+        else:
+            outer.set_result(done.result())
+
+    def expire() -> None:
+        if not outer.done():
+            outer.set_exception(TimeoutError())
+
+    fut.add_done_callback(settle)
+    timer = loop.call_later(timeout, expire)
+    outer.add_done_callback(lambda _: timer.cancel())
+    return outer
+
+
 class Shard:
     """One Redis server: its connections, state and reconnection loop."""
 
@@ -418,8 +447,7 @@ class RedisEngine:
             fut = shard.sub.subscribe([self._client_key(channel)])[0]
             shard.subscribed[channel] = fut
         try:
-            # wait_for, not asyncio.timeout: callers may run this outside a task (eager.run_eager).
-            await asyncio.wait_for(asyncio.shield(fut), self.read_timeout)
+            await _within(fut, self.read_timeout)
         except (ApiError, TimeoutError):
             if shard.subscribed.get(channel) is fut:
                 del shard.subscribed[channel]
@@ -577,7 +605,7 @@ class RedisEngine:
         self._surveys[sid] = (fut, [], expected)
         try:
             await self._send_control({"m": "survey", "id": sid, "op": op, "args": args})
-            return await asyncio.wait_for(fut, self.survey_timeout)     # no task needed (see subscribe)
+            return await _within(fut, self.survey_timeout)
         except TimeoutError:
             raise ApiError(100) from None
         finally:
