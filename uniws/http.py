@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass
 
 import httptools
-import orjson
 
 from .deadlines import Deadlines
 
