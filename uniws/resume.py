@@ -129,7 +129,7 @@ class Signer:
         except (UnicodeEncodeError, binascii.Error, ValueError):
             raise CursorError("not base64url") from None
         if base64.urlsafe_b64encode(raw).rstrip(b"=") != text.encode("ascii").rstrip(b"="):
-            raise CursorError("not canonical base64url")
+            raise CursorError("not base64url")
         if len(raw) < _HEAD + MAC_SIZE:
             raise CursorError("too short")
         body, mac = raw[:-MAC_SIZE], raw[-MAC_SIZE:]
