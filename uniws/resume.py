@@ -35,6 +35,7 @@ EPOCH_HASH = 4
 USER_HASH = 8
 MAC_SIZE = 16
 _HEAD = 1 + USER_HASH
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 # The largest a cursor may be before decoding: the channel limit is a config option, this is a
 # bound on work (and a base64 URL parameter) for made-up input, not a protocol limit.
 MAX_CURSOR_CHARS = 64 * 1024
@@ -118,7 +119,10 @@ class Signer:
 
     def encode(self, body: bytes) -> bytes:
         """The cursor text (ASCII bytes) of a body."""
-        return base64.urlsafe_b64encode(body + self.mac(body)).rstrip(b"=")
+        keyed = self._keyed.copy()
+        keyed.update(body)
+        # One keyed hash over the small body, base64url without padding (this runs per push).
+        return binascii.b2a_base64(body + keyed.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
 
     def decode(self, text: str, user: str) -> dict[bytes, "CursorEntry"]:
         """Verify a cursor and return its entries by channel hash (CursorError when unusable)."""
