@@ -107,7 +107,7 @@ class Signer:
         self._keyed = hashlib.blake2b(key=key, digest_size=MAC_SIZE)
 
     @classmethod
-    def from_config(cls, cfg) -> "Signer | None":
+    def from_config(cls, cfg) -> Signer | None:
         if not cfg.uni_websocket_resume:
             return None
         return cls(cfg.uni_websocket_resume_secret or cfg.token_hmac_secret_key)
@@ -124,7 +124,7 @@ class Signer:
         # One keyed hash over the small body, base64url without padding (this runs per push).
         return binascii.b2a_base64(body + keyed.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
 
-    def decode(self, text: str, user: str) -> dict[bytes, "CursorEntry"]:
+    def decode(self, text: str, user: str) -> dict[bytes, CursorEntry]:
         """Verify a cursor and return its entries by channel hash (CursorError when unusable)."""
         if len(text) > MAX_CURSOR_CHARS:
             raise CursorError("too long")
@@ -182,7 +182,7 @@ class CursorState:
     the cursor is the join of all entries signed once.
     """
 
-    __slots__ = ("signer", "head", "prefixes", "entries", "_tail")
+    __slots__ = ("_tail", "entries", "head", "prefixes", "signer")
 
     def __init__(self, signer: Signer, user: str) -> None:
         self.signer = signer

@@ -9,8 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uniws.resume import (CursorEntry, CursorError, CursorState, Signer, channel_hash, epoch_hash, resume_hints,
-                          varint, with_cursor)
+from uniws.resume import (
+    CursorEntry,
+    CursorError,
+    CursorState,
+    Signer,
+    channel_hash,
+    epoch_hash,
+    resume_hints,
+    varint,
+    with_cursor,
+)
 
 SIGNER = Signer("secret")
 
