@@ -288,3 +288,19 @@ def test_off_by_default_pushes_carry_no_cursor(start_server):
         api(server, "publish", {"channel": "news", "data": {}})
         pub = client.recv_json(timeout=TIMEOUT)
         assert pub == {"channel": "news", "data": {"data": {}, "offset": 1}}
+
+
+def test_v2_pushes_carry_the_cursor_too(start_server):
+    server = start_server(CONFIG)
+    token = server.token(USER, channels=["feed:v2"])
+    with UniClient(server.ws_url + "?cf_protocol_version=v2", {"token": token}) as client:
+        connect_push = client.recv_json(timeout=TIMEOUT)
+        assert set(connect_push) == {"connect", "cursor"}
+        publish_many(server, "feed:v2", [{"v": 2}])
+        pub = client.recv_json(timeout=TIMEOUT)
+    assert pub["channel"] == "feed:v2" and pub["pub"] == {"data": {"v": 2}, "offset": 1}
+    assert list(pub) == ["channel", "pub", "cursor"] and pub["cursor"] != connect_push["cursor"]
+    with UniClient(server.ws_url + "?cf_protocol_version=v2&cf_resume=" + connect_push["cursor"],
+                   {"token": token}) as client:
+        sub = client.recv_json(timeout=TIMEOUT)["connect"]["subs"]["feed:v2"]
+    assert [p["offset"] for p in sub["publications"]] == [1] and sub["recovered"] is True
