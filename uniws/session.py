@@ -415,7 +415,8 @@ class Sessions:
         expire_at = 0 if cfg.client_insecure or creds is None else creds.expire_at
         if 0 < expire_at < int(now):
             raise EXPIRED
-        cursor_text = request.resume or self._resume_param.pop(conn.client_id, "")
+        param = self._resume_param.pop(conn.client_id, "") if self._resume_param else ""
+        cursor_text = request.resume or param             # the connect command's field wins
         cursor_hints = self._cursor_hints(conn, cursor_text, user, subs, request) if cursor_text else {}
 
         # Every channel is wanted (a broker starts carrying it) before any position is read,

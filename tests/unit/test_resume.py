@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 import pytest
@@ -147,3 +148,21 @@ def test_with_cursor_appends_a_member():
 def test_signer_needs_a_secret():
     with pytest.raises(ValueError):
         Signer("")
+
+
+def test_config_needs_a_key_when_resume_is_on(tmp_path):
+    from uniws.config import ConfigError, load_config
+
+    def load(doc):
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(doc))
+        return load_config(str(path), {}, {})[0]
+
+    with pytest.raises(ConfigError, match="uni_websocket_resume_secret"):
+        load({"uni_websocket_resume": True})
+    assert Signer.from_config(load({"uni_websocket_resume": False})) is None
+    own = Signer.from_config(load({"uni_websocket_resume": True, "uni_websocket_resume_secret": "k",
+                                   "token_hmac_secret_key": "t"}))
+    derived = Signer.from_config(load({"uni_websocket_resume": True, "token_hmac_secret_key": "t"}))
+    body = b"\x01" + b"\x00" * 8
+    assert own.encode(body) == Signer("k").encode(body) != derived.encode(body) == Signer("t").encode(body)
