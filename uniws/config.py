@@ -49,6 +49,7 @@ SUPPORTED = frozenset(
         "admin_external", "prometheus", "prometheus_handler_prefix",
         "uni_websocket", "uni_websocket_handler_prefix", "uni_websocket_message_size_limit",
         "uni_websocket_ping_interval", "uni_websocket_write_timeout",
+        "uni_websocket_resume", "uni_websocket_resume_secret",
         "token_hmac_secret_key", "token_rsa_public_key", "token_ecdsa_public_key",
         "token_audience", "token_issuer",
         "client_insecure", "client_anonymous", "client_channel_limit",
@@ -289,6 +290,9 @@ class Config:
     uni_websocket_read_buffer_size: int = 0
     uni_websocket_write_buffer_size: int = 0
     uni_websocket_use_write_buffer_pool: bool = False
+    # uniws extension: one signed resume cursor per connection (uniws/resume.py)
+    uni_websocket_resume: bool = False
+    uni_websocket_resume_secret: str = ""    # MAC key of cursors; empty: derived from token_hmac_secret_key
 
     # 4.3 Other transports and handler prefixes (§3)
     websocket_handler_prefix: str = "/connection/websocket"
@@ -972,6 +976,13 @@ def _check_refused(values: Mapping[str, Any]) -> None:
             raise ConfigError(f'option "{name}" refused: {why}; remove it to start uniws')
 
 
+def _check_resume(values: Mapping[str, Any]) -> None:
+    if values["uni_websocket_resume"] and not (values["uni_websocket_resume_secret"]
+                                               or values["token_hmac_secret_key"]):
+        raise ConfigError('option "uni_websocket_resume" needs a key to sign cursors: set '
+                          '"uni_websocket_resume_secret" (or "token_hmac_secret_key")')
+
+
 def _check_workers(values: Mapping[str, Any]) -> None:
     for name in ("workers", "http_max_request_body_size", "http_max_incomplete_requests"):
         if values[name] < 0:
@@ -1051,6 +1062,7 @@ def load_config(
     _validate_personal(values, top, namespaces)
     _check_engine(values)
     _check_proxy(values, namespaces)
+    _check_resume(values)
     _check_refused(values)
     _check_workers(values)
 

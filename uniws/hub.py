@@ -6,6 +6,10 @@ last position delivered on each channel. It owns no I/O: a publication is framed
 per protocol version and handed to `Fanout.deliver`, which appends the same bytes to
 every subscriber's pending output in C.
 
+Connections with a resume cursor (`uni_websocket_resume`) are indexed apart (`subs_resume`):
+each of their publication pushes carries the connection's own cursor, so they get one frame
+each; everyone else keeps the encode-once path, which checks one empty dict for them.
+
 It also tells the engine when a channel gains its first subscriber here and loses its
 last, so a broker (Redis) carries only channels someone on this worker wants.
 """
@@ -17,10 +21,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from . import codec
-from ._fastpath import CONNECTED, Conn, Fanout, pub_frame
+from ._fastpath import CONNECTED, Conn, Fanout, frame_text, pub_frame
 from .engine.base import Publication
 from .errors import INSUFFICIENT_STATE, Disconnect
 from .globmatch import compile_glob
+from .resume import CursorState
 
 log = logging.getLogger("uniws.hub")
 
@@ -95,6 +100,10 @@ class Hub:
         self.users: dict[str, Members] = {}
         self.subs: dict[str, Members] = {}
         self.subs_v2: dict[str, Members] = {}
+        # Connections that carry a resume cursor (their state by connection), and channel ->
+        # such subscribers (v1 and v2 together: each gets its own frame anyway).
+        self.cursors: dict[Conn, CursorState] = {}
+        self.subs_resume: dict[str, dict[Conn, CursorState]] = {}
         # Positioned subscribers per channel, and the last (epoch, offset) this worker delivered
         # on that channel: the live position check (05 §9) is one comparison per publication.
         self.positioned: dict[str, dict[Conn, None]] = {}
@@ -141,7 +150,13 @@ class Hub:
 
     def add(self, conn: Conn, channel: str, sub: Subscription) -> None:
         conn.channels[channel] = sub
-        add_member(self.subs_v2 if conn.v2 else self.subs, channel, conn)
+        state = self.cursors.get(conn) if self.cursors else None
+        if state is not None:
+            self.subs_resume.setdefault(channel, {})[conn] = state
+            if sub.recover:
+                state.track(channel, sub.epoch, sub.offset)
+        else:
+            add_member(self.subs_v2 if conn.v2 else self.subs, channel, conn)
         self.want(channel)
         if sub.positioned:
             self.positioned.setdefault(channel, {})[conn] = None
@@ -150,7 +165,16 @@ class Hub:
         sub = conn.channels.pop(channel, None)
         if sub is None:
             return None
-        remove_member(self.subs_v2 if conn.v2 else self.subs, channel, conn)
+        state = self.cursors.get(conn) if self.cursors else None
+        if state is not None:
+            resumers = self.subs_resume.get(channel)
+            if resumers is not None:
+                resumers.pop(conn, None)
+                if not resumers:
+                    del self.subs_resume[channel]
+            state.untrack(channel)
+        else:
+            remove_member(self.subs_v2 if conn.v2 else self.subs, channel, conn)
         positioned = self.positioned.get(channel)
         if positioned is not None:
             positioned.pop(conn, None)
@@ -202,6 +226,10 @@ class Hub:
                     buffer.append((pub, epoch))
         if pub.offset and channel in self.positioned:
             self._check_position(channel, pub.offset, epoch)
+        if self.subs_resume:
+            resumers = self.subs_resume.get(channel)
+            if resumers:
+                self._deliver_with_cursors(resumers, channel, pub)
         subscribers = self.subs.get(channel)
         subscribers_v2 = self.subs_v2.get(channel)
         if not subscribers and not subscribers_v2:
@@ -214,7 +242,23 @@ class Hub:
         if subscribers_v2:
             self.fanout.deliver(subscribers_v2, pub_frame(True, channel_json, data, pub.offset, tags))
 
+    def _deliver_with_cursors(self, resumers: dict[Conn, CursorState], channel: str, pub: Publication) -> None:
+        """One frame per connection: the publication push with the cursor after it."""
+        payload = codec.publication(codec.raw(pub.data), pub.offset, codec.tags_object(pub.tags))
+        channel_json = codec.json_string(channel)
+        heads = (codec.envelope_v1(codec.PUBLICATION, channel_json, payload)[:-1],
+                 codec.envelope_v2(codec.PUBLICATION, channel_json, payload)[:-1])
+        offset = pub.offset
+        enqueue = self.fanout.enqueue
+        for conn, state in resumers.items():
+            state.advance(channel, offset)
+            enqueue(conn, frame_text(heads[conn.v2] + state.tail()))
+
     def deliver_one(self, conn: Conn, channel: str, pub: Publication) -> None:
+        state = self.cursors.get(conn) if self.cursors else None
+        if state is not None:
+            self._deliver_with_cursors({conn: state}, channel, pub)
+            return
         frame = pub_frame(conn.v2, codec.json_string(channel), codec.raw(pub.data), pub.offset,
                           codec.tags_object(pub.tags))
         self.fanout.enqueue(conn, frame)
@@ -225,6 +269,11 @@ class Hub:
             subscribers = index.get(channel)
             if subscribers:
                 self.fanout.deliver(subscribers, codec.frame_text(codec.join_leave_push(v2, push_type, channel, info)))
+        resumers = self.subs_resume.get(channel) if self.subs_resume else None
+        if resumers:                # no cursor: a Join or Leave moves no position
+            frames = [codec.frame_text(codec.join_leave_push(v2, push_type, channel, info)) for v2 in (False, True)]
+            for conn in list(resumers):
+                self.fanout.enqueue(conn, frames[conn.v2])
 
     def join_leave_to(self, conn: Conn, channel: str, join: bool, info: bytes) -> None:
         push = codec.join_leave_push(conn.v2, codec.JOIN if join else codec.LEAVE, channel, info)
@@ -256,14 +305,14 @@ class Hub:
         """Channel -> subscribers here, for channels matching the glob (ValueError: bad pattern)."""
         match = compile_glob(pattern) if pattern else None
         counts: dict[str, int] = {}
-        for index in (self.subs, self.subs_v2):
+        for index in (self.subs, self.subs_v2, self.subs_resume):
             for channel, subscribers in index.items():
                 if match is None or match(channel):
                     counts[channel] = counts.get(channel, 0) + count_members(subscribers)
         return counts
 
     def num_channels(self) -> int:
-        return len(self.subs.keys() | self.subs_v2.keys())
+        return len(self.subs.keys() | self.subs_v2.keys() | self.subs_resume.keys())
 
     def num_subs(self) -> int:
-        return sum(count_members(s) for index in (self.subs, self.subs_v2) for s in index.values())
+        return sum(count_members(s) for index in (self.subs, self.subs_v2, self.subs_resume) for s in index.values())

@@ -194,8 +194,9 @@ class Node:
         """Server-side disconnect code -> count."""
         return self.sessions.disconnects
 
-    def new_conn(self, v2: bool, connect_request: ConnectRequest | None, headers: Headers = ()) -> Conn:
-        return self.sessions.new_conn(v2, connect_request, headers)
+    def new_conn(self, v2: bool, connect_request: ConnectRequest | None, headers: Headers = (),
+                 resume: str = "") -> Conn:
+        return self.sessions.new_conn(v2, connect_request, headers, resume)
 
     def _drop(self, conn: Conn, reason: Disconnect) -> None:
         self.sessions.disconnect(conn, reason)

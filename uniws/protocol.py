@@ -37,6 +37,7 @@ class ConnectRequest:
     name: str = ""
     version: str = ""
     subs: dict[str, SubHint] = field(default_factory=dict)
+    resume: str = ""                   # a resume cursor (uni_websocket_resume), verified at connect
 
 
 def _first_json_value(payload: bytes) -> object:
@@ -111,6 +112,7 @@ def parse_connect_request(payload: bytes) -> ConnectRequest:
         token=_string(fields.get("token"), "token"),
         name=_string(fields.get("name"), "name"),
         version=_string(fields.get("version"), "version"),
+        resume=_string(fields.get("resume"), "resume"),
     )
     if "data" in fields and fields["data"] is not None:
         request.data = compact_json(fields["data"])

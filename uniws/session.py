@@ -28,11 +28,15 @@ from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_CLOSED, CONNECTION_L
 from .hub import Buffered, Subscription
 from .protocol import ConnectRequest, ConnectRequestError, SubHint, parse_connect_request
 from .proxy import ConnContext, Headers
+from .resume import CursorEntry, CursorError, CursorState, Signer, resume_hints, with_cursor
 
 if TYPE_CHECKING:
     from .node import Node
 
 log = logging.getLogger("uniws.session")
+
+# A resume cursor that is not ours, altered, or another user's: the connect is refused.
+CURSOR_REFUSED = Disconnect(3501, "invalid resume cursor", False)
 
 
 def _override(value: bool | None, default: bool) -> bool:
@@ -123,6 +127,10 @@ class Sessions:
         self._refreshing: set[str] = set()       # refresh proxy calls in flight, by client id
         self.connects = 0                        # connections opened (metrics)
         self.disconnects: dict[int, int] = {}    # server-side disconnect code -> count (metrics)
+        # uni_websocket_resume: the cursor signer (key read at start), and `cf_resume` values of
+        # connections still waiting for their connect message.
+        self.signer = Signer.from_config(self.cfg)
+        self._resume_param: dict[str, str] = {}
 
     @property
     def proxy(self):
@@ -130,7 +138,8 @@ class Sessions:
 
     # -- events from Conn (picows) --------------------------------------------------------
 
-    def new_conn(self, v2: bool, connect_request: ConnectRequest | None, headers: Headers = ()) -> Conn:
+    def new_conn(self, v2: bool, connect_request: ConnectRequest | None, headers: Headers = (),
+                 resume: str = "") -> Conn:
         """A connection being upgraded; `headers`: its request's proxy_http_headers (picows calls
         conn_open within the same upgrade, and conn_lost drops the entry)."""
         conn = Conn()
@@ -142,6 +151,8 @@ class Sessions:
         conn.channels = {}
         if headers:
             self._proxy_ctx[conn.client_id] = ConnContext(headers, None)
+        if resume:
+            self._resume_param[conn.client_id] = resume
         return conn
 
     def conn_open(self, conn: Conn) -> None:
@@ -236,7 +247,11 @@ class Sessions:
         """Drop every reference to a closed connection (idempotent)."""
         self.conns.pop(conn.client_id, None)
         self._proxy_ctx.pop(conn.client_id, None)
+        if self._resume_param:
+            self._resume_param.pop(conn.client_id, None)
         self._leave_all(conn)
+        if self.hub.cursors:
+            self.hub.cursors.pop(conn, None)
         if conn.user is not None:
             self.hub.remove_user(conn)
 
@@ -404,6 +419,9 @@ class Sessions:
         expire_at = 0 if cfg.client_insecure or creds is None else creds.expire_at
         if 0 < expire_at < int(now):
             raise EXPIRED
+        param = self._resume_param.pop(conn.client_id, "") if self._resume_param else ""
+        cursor_text = request.resume or param             # the connect command's field wins
+        cursor_hints = self._cursor_hints(conn, cursor_text, user, subs, request) if cursor_text else {}
 
         # Every channel is wanted (a broker starts carrying it) before any position is read,
         # and positioned channels buffer what arrives until the client is in the hub.
@@ -417,12 +435,13 @@ class Sessions:
                 await self.node.receiving(channels)
                 results: dict[str, bytes] = {}
                 for channel, sub in subs.items():
-                    results[channel] = await self._subscribe_result(channel, sub, request.subs.get(channel))
+                    hint = cursor_hints.get(channel) or request.subs.get(channel)
+                    results[channel] = await self._subscribe_result(channel, sub, hint)
             finally:
                 buffered = self.hub.end_buffer(conn, positioned)
             if conn.close_reason is not None or conn.state == CLOSED:
                 return                                    # the client went away meanwhile
-            self._become_connected(conn, creds, user, expire_at, now, results)
+            self._become_connected(conn, creds, user, expire_at, now, results, subs)
             for channel, sub in subs.items():
                 self.hub.add(conn, channel, sub)
         finally:
@@ -445,8 +464,24 @@ class Sessions:
             await self.node.disconnect(user, whitelist=[conn.client_id], disconnect=CONNECTION_LIMIT)
         log.debug("client %s connected as user %r with %d channels", conn.client_id, user, len(subs))
 
+    def _cursor_hints(self, conn: Conn, text: str, user: str, subs: dict[str, Subscription],
+                      request: ConnectRequest) -> dict[str, CursorEntry]:
+        """The cursor's positions for the recoverable channels this connect has; a `subs` hint
+        with `recover: true` wins over the cursor. A cursor that fails verification: 3501."""
+        if self.signer is None:
+            log.info("client %s sent a resume cursor but uni_websocket_resume is off: ignored", conn.client_id)
+            return {}
+        try:
+            entries = self.signer.decode(text, user)
+        except CursorError as exc:
+            log.info("client %s: resume cursor refused (%s)", conn.client_id, exc)
+            raise CURSOR_REFUSED from None
+        wanted = [channel for channel, sub in subs.items() if sub.recover
+                  and not ((explicit := request.subs.get(channel)) is not None and explicit.recover)]
+        return resume_hints(entries, wanted)
+
     def _become_connected(self, conn: Conn, creds: Credentials | None, user: str, expire_at: int, now: float,
-                          results: dict[str, bytes]) -> None:
+                          results: dict[str, bytes], subs: dict[str, Subscription]) -> None:
         conn.user = user
         conn.info = creds.info if creds is not None else None
         conn.expire_at = expire_at
@@ -460,6 +495,14 @@ class Sessions:
         push = codec.connect_push(conn.v2, client=conn.client_id, version=self.node.version, subs=results,
                                   expires=client_expires, ttl=ttl, session=conn.session,
                                   ping=25 if conn.v2 else 0, data=creds.data if creds is not None else None)
+        if self.signer is not None:
+            # The cursor covers the positions this push reports (recovered publications included).
+            state = CursorState(self.signer, user)
+            for channel, sub in subs.items():
+                if sub.recover:
+                    state.track(channel, sub.epoch, sub.offset)
+            self.hub.cursors[conn] = state
+            push = with_cursor(push, state.tail())
         self.fanout.enqueue(conn, codec.frame_text(push))
 
     def _catch_up(self, conn: Conn, channel: str, sub: Subscription, buffered: Buffered) -> bool:
@@ -483,16 +526,18 @@ class Sessions:
         if not sub.positioned:
             return codec.subscribe_result(data=sub.data)
         engine = self.node.engine
-        if sub.recover and hint is not None and hint.recover:
+        if sub.recover and hint is not None and (type(hint) is CursorEntry or hint.recover):
             return await self._recover(channel, sub, hint)
         sub.offset, sub.epoch = await engine.stream_top(channel)
         return codec.subscribe_result(recoverable=sub.recover, epoch=sub.epoch, offset=sub.offset,
                                       positioned=True, data=sub.data)
 
-    async def _recover(self, channel: str, sub: Subscription, hint: SubHint) -> bytes:
-        """Connect-time recovery (05 §8)."""
+    async def _recover(self, channel: str, sub: Subscription, hint: SubHint | CursorEntry) -> bytes:
+        """Connect-time recovery (05 §8); a cursor entry stands for the hint it matches."""
         engine = self.node.engine
         top, epoch = await engine.stream_top(channel)
+        if type(hint) is CursorEntry:
+            hint = hint.hint(epoch)
         pubs: list[Publication] = []
         if not (hint.epoch and hint.epoch != epoch) and hint.offset < top:
             limit = self.cfg.client_recovery_max_publication_limit

@@ -219,7 +219,8 @@ class UniWebSocket:
             transport.close()
             return False
         captured = self.capture_headers(headers) if self.capture_headers is not None else ()
-        conn = self.node.new_conn(version == "v2", connect_request, captured)
+        resume = params.get("cf_resume", [""])[0]
+        conn = self.node.new_conn(version == "v2", connect_request, captured, resume)
         protocol = WSProtocol(None, None, False, lambda _request: conn, BOUNDARY, True, None,
                               False, 10.0, 10.0, WSAutoPingStrategy.PING_WHEN_IDLE, True,
                               self.max_frame_size, None, self.read_buffer_size)
