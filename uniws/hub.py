@@ -110,6 +110,9 @@ class Hub:
         self.positions: dict[str, tuple[str, int]] = {}
         # Connections waiting for a stream position: publications arriving meanwhile are kept.
         self.pending: dict[str, dict[Conn, Buffered]] = {}
+        # Positioned subscribers ahead of what has arrived here, by the offset they have
+        # (see note_position); they are out of the delivery indexes meanwhile.
+        self.ahead: dict[str, dict[Conn, int]] = {}
         # Channels this worker receives (subscribers or a connect waiting): the engine's count.
         self._wanted: dict[str, int] = {}
         self.publications = 0          # publications handed to this hub (metrics)
@@ -150,21 +153,23 @@ class Hub:
 
     def add(self, conn: Conn, channel: str, sub: Subscription) -> None:
         conn.channels[channel] = sub
-        state = self.cursors.get(conn) if self.cursors else None
-        if state is not None:
-            self.subs_resume.setdefault(channel, {})[conn] = state
-            if sub.recover:
-                state.track(channel, sub.epoch, sub.offset)
-        else:
-            add_member(self.subs_v2 if conn.v2 else self.subs, channel, conn)
+        state = self._index(conn, channel)
+        if state is not None and sub.recover:
+            state.track(channel, sub.epoch, sub.offset)
         self.want(channel)
         if sub.positioned:
             self.positioned.setdefault(channel, {})[conn] = None
 
-    def remove(self, conn: Conn, channel: str) -> Subscription | None:
-        sub = conn.channels.pop(channel, None)
-        if sub is None:
-            return None
+    def _index(self, conn: Conn, channel: str) -> CursorState | None:
+        """Into the channel's delivery index (the resumers' one for a connection with a cursor)."""
+        state = self.cursors.get(conn) if self.cursors else None
+        if state is not None:
+            self.subs_resume.setdefault(channel, {})[conn] = state
+        else:
+            add_member(self.subs_v2 if conn.v2 else self.subs, channel, conn)
+        return state
+
+    def _unindex(self, conn: Conn, channel: str) -> CursorState | None:
         state = self.cursors.get(conn) if self.cursors else None
         if state is not None:
             resumers = self.subs_resume.get(channel)
@@ -172,9 +177,23 @@ class Hub:
                 resumers.pop(conn, None)
                 if not resumers:
                     del self.subs_resume[channel]
-            state.untrack(channel)
         else:
             remove_member(self.subs_v2 if conn.v2 else self.subs, channel, conn)
+        return state
+
+    def remove(self, conn: Conn, channel: str) -> Subscription | None:
+        sub = conn.channels.pop(channel, None)
+        if sub is None:
+            return None
+        ahead = self.ahead.get(channel)
+        if ahead is not None and ahead.pop(conn, None) is not None:
+            if not ahead:
+                del self.ahead[channel]        # held out of the index: nothing else to undo there
+            state = self.cursors.get(conn) if self.cursors else None
+        else:
+            state = self._unindex(conn, channel)
+        if state is not None:
+            state.untrack(channel)
         positioned = self.positioned.get(channel)
         if positioned is not None:
             positioned.pop(conn, None)
@@ -205,14 +224,26 @@ class Hub:
     def wanted_channels(self) -> list[str]:
         return list(self._wanted)
 
-    def note_position(self, channel: str, epoch: str, offset: int) -> bool:
-        """A positioned subscriber caught up at (epoch, offset): False when this worker has
-        already delivered another position on the channel (the subscriber cannot be exact)."""
+    def note_position(self, conn: Conn, channel: str, epoch: str, offset: int) -> bool:
+        """A positioned subscriber (already added) caught up at (epoch, offset). False when it
+        cannot be exact: behind what this worker delivered, or another epoch.
+
+        With a broker whose answers and deliveries travel apart (Redis: a position is read on one
+        connection, publications arrive on another) the subscriber may be ahead of what has
+        arrived here: it is held out of the delivery index until live delivery reaches its
+        offset, so the publications it already has are not sent twice (and are not taken for
+        a jump)."""
         current = self.positions.get(channel)
         if current is None:
             self.positions[channel] = (epoch, offset)
             return True
-        return current == (epoch, offset)
+        if current == (epoch, offset):
+            return True
+        if current[0] == epoch and offset > current[1]:
+            self._unindex(conn, channel)
+            self.ahead.setdefault(channel, {})[conn] = offset
+            return True
+        return False
 
     # -- delivery --------------------------------------------------------------------------
 
@@ -225,7 +256,11 @@ class Hub:
                 for buffer in waiting.values():
                     buffer.append((pub, epoch))
         if pub.offset and channel in self.positioned:
-            self._check_position(channel, pub.offset, epoch)
+            if not self._check_position(channel, pub.offset, epoch):
+                self._deliver_late(channel, pub)
+                return
+            if self.ahead and channel in self.ahead:
+                self._release_ahead(channel, pub.offset)
         if self.subs_resume:
             resumers = self.subs_resume.get(channel)
             if resumers:
@@ -279,15 +314,38 @@ class Hub:
         push = codec.join_leave_push(conn.v2, codec.JOIN if join else codec.LEAVE, channel, info)
         self.fanout.enqueue(conn, codec.frame_text(push))
 
-    def _check_position(self, channel: str, offset: int, epoch: str) -> None:
-        """Live position check (05 §9): a gap or an epoch change ends positioned subscriptions."""
+    def _check_position(self, channel: str, offset: int, epoch: str) -> bool:
+        """Live position check (05 §9): a gap or an epoch change ends positioned subscriptions.
+        False for a late publication (at or before the position delivered here): positioned
+        subscribers have it already."""
         last = self.positions.get(channel)
+        if last is not None and last[0] == epoch and offset <= last[1]:
+            return False
         if last is not None and (last[0] != epoch or offset != last[1] + 1):
             log.info("channel %s jumped from %s:%d to %s:%d: positioned clients must recover",
                      channel, last[0], last[1], epoch, offset)
             self.drop_positioned([channel])
         if channel in self.positioned:
             self.positions[channel] = (epoch, offset)
+        return True
+
+    def _deliver_late(self, channel: str, pub: Publication) -> None:
+        """A publication positioned subscribers have (see note_position): only the others get it."""
+        positioned = self.positioned.get(channel, {})
+        for index in (self.subs, self.subs_v2, self.subs_resume):
+            for conn in list(each_member(index.get(channel))):
+                if conn not in positioned:
+                    self.deliver_one(conn, channel, pub)
+
+    def _release_ahead(self, channel: str, offset: int) -> None:
+        """Before `offset` is delivered: subscribers held at an earlier offset join the index
+        (they have everything up to it; this publication is the first they lack)."""
+        ahead = self.ahead[channel]
+        for conn in [c for c, held in ahead.items() if held < offset]:
+            del ahead[conn]
+            self._index(conn, channel)
+        if not ahead:
+            del self.ahead[channel]
 
     def drop_positioned(self, channels: Iterable[str]) -> int:
         """End the positioned subscribers of these channels with 3010 (they reconnect and recover)."""

@@ -515,7 +515,7 @@ class Sessions:
         pubs, sub.offset = merged
         for pub in pubs:
             self.hub.deliver_one(conn, channel, pub)
-        if not self.hub.note_position(channel, sub.epoch, sub.offset):
+        if not self.hub.note_position(conn, channel, sub.epoch, sub.offset):
             log.info("client %s position %s:%d behind what was delivered on %s", conn.client_id, sub.epoch,
                      sub.offset, channel)
             self.disconnect(conn, INSUFFICIENT_STATE)

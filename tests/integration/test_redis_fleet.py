@@ -311,3 +311,40 @@ def test_relaying_worker_killed_its_channels_recover_and_flow_again(start_server
 
     wait_for(delivered_again, timeout=15, what="publications flowing again to the plain subscriber")
     plain.close()
+
+
+def test_connects_during_a_publication_stream_are_exact_and_stay(fleet):
+    """A position is read from Redis on one connection while publications arrive on another:
+    a client may learn a position ahead of what its worker has delivered. It must then get
+    neither those publications again nor a 3010 for them."""
+    a, b, _ = fleet
+    stop = threading.Event()
+
+    def publisher():
+        body = "\n".join(json.dumps({"method": "publish", "params": {"channel": "live", "data": {}}})
+                         for _ in range(20))
+        with requests.Session() as session:
+            while not stop.wait(0.01):          # paces the stream (about 2000/s), not a synchronisation
+                session.post(a.base + "/api", data=body, headers={"Authorization": "apikey apikey"}, timeout=10)
+
+    # Positioned watchers on both of B's workers keep a live position there.
+    watchers = [UniClient(b.ws_url, {"token": b.token("w"), "subs": {"live": {"recover": True}}}, max_queue=None)
+                for _ in range(4)]
+    thread = threading.Thread(target=publisher, daemon=True)
+    thread.start()
+    try:
+        for _ in range(60):
+            # An unbounded receive queue: the library keeps reading under the stream, so its
+            # close handshake completes at once.
+            client = UniClient(b.ws_url, {"token": b.token("56"), "subs": {"live": {"recover": True}}},
+                               max_queue=None)
+            push = client.recv_json(timeout=10)
+            assert push["type"] == 6, push
+            start = push["data"]["subs"]["live"].get("offset", 0)
+            got = [client.recv_json(timeout=10) for _ in range(5)]
+            assert [p.get("type") for p in got] == [None] * 5, got          # no disconnect (3010)
+            assert [p["data"]["offset"] for p in got] == list(range(start + 1, start + 6))
+            client.close()
+    finally:
+        stop.set()
+        thread.join(timeout=10)
