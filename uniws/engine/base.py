@@ -48,6 +48,31 @@ def failed_future(loop: asyncio.AbstractEventLoop, exc: BaseException) -> asynci
     return future
 
 
+class OneNode:
+    """What an engine without other nodes answers (memory, worker-sharded): nothing to connect
+    to, always healthy, control reaches no one and surveys find no one."""
+
+    _loop: asyncio.AbstractEventLoop
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def healthy(self) -> str | None:
+        return None
+
+    def publish_control(self, op: str, args: dict) -> asyncio.Future:
+        return done_future(self._loop, None)
+
+    async def survey(self, op: str, args: dict) -> list:
+        return []
+
+    def nodes(self) -> list[dict]:
+        return []
+
+
 class EngineHandler(Protocol):
     """Implemented by the node: what an engine calls."""
 

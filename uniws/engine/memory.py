@@ -20,7 +20,7 @@ import orjson
 
 from ..channels import ChannelOptions
 from ..errors import ApiError
-from .base import NO_POSITION, EngineHandler, Publication, done_future, failed_future
+from .base import NO_POSITION, EngineHandler, OneNode, Publication, done_future, failed_future
 
 _EPOCH_LETTERS = string.ascii_letters
 
@@ -41,7 +41,7 @@ class Stream:
         self.remove_at = 0.0      # history_meta_ttl: the whole stream dropped after this
 
 
-class MemoryEngine:
+class MemoryEngine(OneNode):
     def __init__(self, handler: EngineHandler | None, loop: asyncio.AbstractEventLoop, *,
                  history_meta_ttl: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self._handler = handler
@@ -51,14 +51,6 @@ class MemoryEngine:
         self._streams: dict[str, Stream] = {}
         self._presence: dict[str, dict[str, bytes]] = {}     # channel -> client id -> ClientInfo JSON
 
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def healthy(self) -> str | None:
-        return None
 
     def set_handler(self, handler: EngineHandler) -> None:
         self._handler = handler
@@ -157,17 +149,6 @@ class MemoryEngine:
 
     def num_presence_channels(self) -> int:
         return len(self._presence)
-
-    # -- other nodes: none -------------------------------------------------------------------
-
-    def publish_control(self, op: str, args: dict) -> asyncio.Future:
-        return done_future(self._loop, None)
-
-    async def survey(self, op: str, args: dict) -> list:
-        return []
-
-    def nodes(self) -> list[dict]:
-        return []
 
     @staticmethod
     def _expire_history(stream: Stream, now: float) -> None:

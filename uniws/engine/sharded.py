@@ -17,7 +17,7 @@ import orjson
 
 from ..cluster import decode_pubs
 from ..errors import ApiError
-from .base import Publication, done_future, failed_future
+from .base import OneNode, Publication, done_future, failed_future
 from .memory import MemoryEngine, presence_counts
 
 
@@ -31,24 +31,15 @@ def _history(result: Any, tail: bytes) -> tuple[list[Publication], int, str]:
     return decode_pubs(tail), top, epoch
 
 
-class ShardedEngine:
+class ShardedEngine(OneNode):
     def __init__(self, cluster) -> None:
         self.cluster = cluster
         self.local: MemoryEngine = cluster.local
-        self.loop: asyncio.AbstractEventLoop = cluster.node.loop
+        self.loop = self._loop = cluster.node.loop
 
     def _remote(self, channel: str) -> int | None:
         owner = self.cluster.owner(channel)
         return None if owner == self.cluster.index else owner
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def healthy(self) -> str | None:
-        return None
 
     def publish(self, channel, data, opts, *, skip_history=False, tags=None) -> asyncio.Future:
         try:
@@ -113,15 +104,6 @@ class ShardedEngine:
 
     def num_presence_channels(self) -> int:
         return self.local.num_presence_channels()
-
-    def publish_control(self, op: str, args: dict) -> asyncio.Future:
-        return done_future(self.loop, None)
-
-    async def survey(self, op: str, args: dict) -> list:
-        return []
-
-    def nodes(self) -> list[dict]:
-        return []
 
     def sweep(self) -> None:
         self.local.sweep()
