@@ -81,8 +81,9 @@ def test_presence_channels_and_user_commands_across_nodes(fleet):
     a, b, _ = fleet
     on_a = [connect(a, f"u{i}", subs={"room": {}})[0] for i in range(3)]
     on_b = [connect(b, f"u{i}", subs={"room": {}})[0] for i in range(3)]
-    reply = a.api("presence_stats", {"channel": "room"})
-    assert reply.get("result") == {"num_clients": 6, "num_users": 3}, (reply, a.log()[-3000:])
+    # Presence is written after each connect push (eventually consistent, 08 §8.5).
+    wait_for(lambda: a.api("presence_stats", {"channel": "room"}).get("result") == {"num_clients": 6, "num_users": 3},
+             what="presence of the six clients")
     assert len(b.api("presence", {"channel": "room"})["result"]["presence"]) == 6
     def summed():
         reply = a.api("channels", {"pattern": "room"})
