@@ -26,6 +26,7 @@ a worker from it is always safe.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
@@ -69,17 +70,21 @@ class Supervisor:
 
     def _spawn(self, index: int, restarted: bool = False) -> None:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
-            self._become_worker(index, restarted)
+            self._become_worker(index, restarted, supervisor)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         self.pids[pid] = index
         self.started[index] = self.beats[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, pid)
 
-    def _become_worker(self, index: int, restarted: bool) -> None:
+    def _become_worker(self, index: int, restarted: bool, supervisor: int) -> None:
         code = 1
         try:
+            # A supervisor killed with SIGKILL cannot stop its workers: the kernel does (else
+            # they would go on serving the port, orphaned, outside any restart or shutdown).
+            _die_with_parent(supervisor)
             signal.set_wakeup_fd(-1)
             for sig in _SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
@@ -251,3 +256,15 @@ class Supervisor:
             self._signal_workers(signal.SIGKILL)
             return 1
         return 1 if failed else 0
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this process when its parent dies (Linux prctl); exit now if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:                 # died between fork and prctl
+        os._exit(1)

@@ -427,3 +427,22 @@ def test_join_and_leave_reach_subscribers_on_every_worker(start_server):
     for watcher in watchers:
         assert _wait_for_push(watcher, 2, "newcomer")["channel"] == "room"
         watcher.close()
+
+
+def test_workers_die_with_a_killed_supervisor(start_server):
+    """kill -9 of the supervisor: its workers must not go on serving the port, orphaned."""
+    server = start_server({"workers": 2})
+    workers = list(worker_pids(server).values())
+    assert len(workers) == 2
+    server.proc.kill()
+    server.proc.wait(timeout=10)
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as stat:              # a zombie has exited too
+            return stat.read().split(") ")[1].startswith("Z")
+
+    wait_for(lambda: all(gone(pid) for pid in workers))
