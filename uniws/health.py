@@ -5,14 +5,13 @@
 with `{"error": "...", "reasons": [...]}`. A shutting-down worker answers 503 too, so a
 load balancer stops sending it requests while its clients drain.
 
-Engine hook: an engine with a `healthy()` method (sync or async) returning None when fine
-or a reason string (the Redis engine: "redis unreachable: ...") is asked on every check.
+The engine's `healthy()` (engine/base.py: None, or why it cannot serve, e.g. a Redis shard
+that cannot be reached) is asked on every check.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 
 import orjson
 
@@ -35,16 +34,9 @@ async def problems(node, timeout: float) -> list[str]:
         for worker, answer in zip(others, answers):
             if isinstance(answer, BaseException):
                 reasons.append(f"worker {worker} did not answer within {timeout:g} s")
-    healthy = getattr(node.engine, "healthy", None)
-    if healthy is not None:
-        try:
-            reason = healthy()
-            if inspect.isawaitable(reason):
-                reason = await asyncio.wait_for(reason, timeout)
-        except Exception as exc:          # a check that fails is an unhealthy engine
-            reason = f"engine check failed: {exc!r}"
-        if reason:
-            reasons.append(str(reason))
+    reason = node.engine.healthy()        # engine/base.py: None, or why it cannot serve
+    if reason:
+        reasons.append(reason)
     return reasons
 
 

@@ -258,7 +258,7 @@ class Node:
         return self._node_info or self._node_entry([self.stats()])
 
     async def _refresh_node_info(self) -> None:
-        self._node_info = (await self.info())[0]
+        self._node_info = await self._this_node()
 
     # -- what other workers ask (cluster.py) ----------------------------------------------------
 
@@ -426,13 +426,16 @@ class Node:
     async def info(self) -> list[dict]:
         """This node's entry (sums over workers, per-worker figures under `workers`; num_users and
         num_channels count a user or channel once per worker), then every other node's."""
+        relay = self.cluster.relay if self.cluster is not None else None
+        others = await relay.current_nodes() if relay is not None else self.engine.nodes()
+        return [await self._this_node(), *others]
+
+    async def _this_node(self) -> dict:
         workers = [self.stats()]
         if self.cluster is not None:
             workers += await self.cluster.survey("stats", {})
             workers.sort(key=lambda w: w["worker"])
-        relay = self.cluster.relay if self.cluster is not None else None
-        others = await relay.current_nodes() if relay is not None else self.engine.nodes()
-        return [self._node_entry(workers), *others]
+        return self._node_entry(workers)
 
     @staticmethod
     def _node_entry(workers: list[dict]) -> dict:
