@@ -147,18 +147,18 @@ class Bus:
         """Raises MessageTooLarge (nothing sent) for a message over `max_message`."""
         self.ring.write(message, peer)
         self.sent_messages += 1
-        self._schedule()
+        self.schedule()
 
     def broadcast(self, message: bytes) -> None:
         self.ring.write(message, _shmring.ALL)
         self.sent_messages += 1
-        self._schedule()
+        self.schedule()
 
     @property
     def max_message(self) -> int:
         return self.ring.max_message
 
-    def _schedule(self) -> None:
+    def schedule(self) -> None:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)

@@ -172,6 +172,21 @@ class Cluster:
                       tags: dict[str, str] | None) -> tuple[int, str]:
         """Publish a channel owned here: refused (error 100, nothing done) when its broadcast
         would not fit the bus, so no worker delivers what another cannot."""
+        self._check_size(channel, data, tags)
+        return self.local.publish_now(channel, data, opts, skip_history=skip_history, tags=tags)
+
+    def publish_here(self, channel: str, data: bytes, tags: dict[str, str] | None) -> None:
+        """A publication to a channel without history: no stream, so no owner to sequence it.
+        The worker that takes it sends it to every other worker and delivers it here (one bus
+        message instead of a post to the owner and its broadcast back). Refused (error 100,
+        nothing done) when it would not fit the bus."""
+        self._check_size(channel, data, tags)
+        pub = Publication(data, 0, tags or None)
+        self.sequenced += 1
+        self.bus.broadcast(encode_pub(channel, "", pub))
+        self.node.handle_publication(channel, pub, "")
+
+    def _check_size(self, channel: str, data: bytes, tags: dict[str, str] | None) -> None:
         size = 1 + _PUB.size + 4 * len(channel) + _EPOCH_ROOM + len(data)    # a bound: no encoding
         if tags or size > self.max_message:
             size += len(_tags_bytes(tags)) + len(channel.encode()) - 4 * len(channel)
@@ -179,7 +194,6 @@ class Cluster:
                 log.warning("publication to %.80r refused: %d bytes are over the bus limit of %d bytes",
                             channel, size, self.max_message)
                 raise ApiError(100)
-        return self.local.publish_now(channel, data, opts, skip_history=skip_history, tags=tags)
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None:
         """MemoryEngine callback on the owner: send to every other worker and deliver here."""

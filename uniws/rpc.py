@@ -73,9 +73,12 @@ class Rpc:
         self._timeouts: collections.deque[tuple[float, int]] = collections.deque()   # FIFO: one timeout
         self._turn: dict[int, tuple[int, list]] = {}   # worker -> (barrier id, futures of this turn's posts)
         self._barriers: dict[int, list] = {}           # barrier id -> futures of the posts it confirms
+        self._everywhere: asyncio.Future | None = None  # this turn's `everywhere()` future, if asked for
+        self.count = 0                                 # workers on the bus (attach)
 
     def attach(self, bus) -> None:
         self.bus = bus
+        self.count = len(bus.peers) + 1
         bus.before_flush = self._send_barriers
 
     def _new_id(self) -> int:
@@ -118,8 +121,27 @@ class Rpc:
             turn[1].append(future)
         return future
 
+    def everywhere(self) -> asyncio.Future:
+        """A future done (result `posted`) when every other worker has read what this worker
+        sent in this turn: one future shared by all who ask in a turn, so a batch of broadcast
+        publications costs one barrier per worker and turn, and no future each."""
+        if self._everywhere is None:
+            self._everywhere = self.loop.create_future()
+            self.bus.schedule()              # the barriers go out at the flush
+        return self._everywhere
+
     def _send_barriers(self) -> None:
-        """Bus flush hook: close this turn's posts to each worker with one barrier request."""
+        """Bus flush hook: close this turn's posts to each worker with one barrier request
+        (to every worker when `everywhere()` was asked for)."""
+        everywhere, self._everywhere = self._everywhere, None
+        if everywhere is not None:
+            confirm = _AllOf(everywhere, self.bus.peers, self.posted)
+            for worker in self.bus.peers:
+                turn = self._turn.get(worker)
+                if turn is None:
+                    self._turn[worker] = (self._new_id(), [confirm])
+                else:
+                    turn[1].append(confirm)      # after the posts: a post's index stays its place
         if not self._turn:
             return
         turn, self._turn = self._turn, {}
@@ -226,3 +248,27 @@ class Rpc:
 
     def stats(self) -> dict:
         return {"requests_waiting": len(self._waiting)}
+
+
+class _AllOf:
+    """Stands in a barrier's list of futures for `everywhere()`: settles the shared future
+    once every worker's barrier is answered (or at the first failure)."""
+
+    __slots__ = ("future", "left", "result")
+
+    def __init__(self, future: asyncio.Future, workers: list[int], result: Any) -> None:
+        self.future = future
+        self.left = len(workers)
+        self.result = result
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, _result: Any) -> None:
+        self.left -= 1
+        if self.left == 0 and not self.future.done():
+            self.future.set_result(self.result)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)

@@ -182,3 +182,64 @@ def test_post_failure_answered_before_its_barrier_is_sent(pair):
     a.bus._on_doorbell()                           # the failure arrives; no barrier sent yet
     assert failing.done() and failing.exception().code == 102 and not fine.done()
     assert loop.run_until_complete(fine) is None   # the barrier, sent at the flush, confirms the other
+
+
+@pytest.fixture
+def trio(tmp_path):
+    loop = asyncio.new_event_loop()
+    files = BusFiles.create(str(tmp_path), 3, ring_bytes=1 << 16)
+    workers = [Worker(loop, i, files) for i in range(3)]
+    yield loop, workers
+    for w in workers:
+        w.bus.close()
+    loop.close()
+
+
+def test_everywhere_is_one_future_per_turn_done_when_every_worker_has_read_the_turn(trio):
+    loop, (a, b, c) = trio
+    seen = {1: [], 2: []}
+    for index, w in ((1, b), (2, c)):
+        w.on_bus_message = (lambda i, w: lambda sender, message: (
+            seen[i].append(message) if message[0] == ord("X") else Worker.on_bus_message(w, sender, message)))(index, w)
+
+    async def turn():
+        a.bus.broadcast(b"X1")
+        first = a.rpc.everywhere()
+        a.bus.broadcast(b"X2")
+        assert a.rpc.everywhere() is first         # shared by the whole turn
+        result = await first
+        # every worker read both broadcasts before its barrier answer settled the future
+        assert seen == {1: [b"X1", b"X2"], 2: [b"X1", b"X2"]}
+        return result, first
+
+    result, first = loop.run_until_complete(turn())
+    assert result == a.rpc.posted
+    assert a.rpc.everywhere() is not first         # a later turn gets its own
+    assert not a.rpc._waiting and not a.rpc._barriers
+
+
+def test_everywhere_beside_posts_keeps_each_posts_failure_its_own(trio):
+    loop, (a, b, c) = trio
+
+    async def turn():
+        failing = a.rpc.post(1, "fail", {"code": 102})
+        ok = a.rpc.post(1, "echo", {"n": 1})
+        return await asyncio.gather(failing, ok, a.rpc.everywhere(), return_exceptions=True)
+
+    failing, ok, everywhere = loop.run_until_complete(turn())
+    assert isinstance(failing, ApiError) and failing.code == 102
+    assert ok is None and everywhere is None
+    assert [args["op"] for _, _, args, _ in c.served] == ["barrier"]
+
+
+def test_everywhere_fails_with_100_when_one_worker_never_answers(trio):
+    loop, (a, b, c) = trio
+    c.bus.close()                                   # worker 2 reads nothing any more
+    future = a.rpc.everywhere()
+    loop.run_until_complete(asyncio.sleep(0.05))    # worker 1 answers its barrier
+    assert not future.done()
+    a.rpc.expire(float("inf"))
+    with pytest.raises(ApiError) as raised:
+        loop.run_until_complete(future)
+    assert raised.value.code == 100
+    assert not a.rpc._waiting and not a.rpc._barriers
