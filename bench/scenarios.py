@@ -64,17 +64,20 @@ def _loadgen(s: servers.Server, conns: Path, clients: int, args, **kw) -> gen.Lo
     return gen.LoadGen(s.ws_port, conns, clients, proto=s.proto, procs=args.procs, **kw)
 
 
-def _cpu_window():
+def _cpu_window(s: servers.Server | None = None):
     busy, total = servers.machine_cpu()
-    return busy, total, time.monotonic()
+    return busy, total, time.monotonic(), s.user_cpu_s() if s is not None else None
 
 
 def _cpu_since(window, s: servers.Server, srv_cpu0: float) -> dict:
-    busy0, total0, t0 = window
+    busy0, total0, t0, user0 = window
     busy, total = servers.machine_cpu()
     wall = time.monotonic() - t0
-    return {"wall_s": round(wall, 3), "server_cpu_s": round(s.cpu_s() - srv_cpu0, 3),
-            "machine_busy": round((busy - busy0) / max(total - total0, 1), 3)}
+    out = {"wall_s": round(wall, 3), "server_cpu_s": round(s.cpu_s() - srv_cpu0, 3),
+           "machine_busy": round((busy - busy0) / max(total - total0, 1), 3)}
+    if user0 is not None:
+        out["server_user_s"] = round(s.user_cpu_s() - user0, 3)
+    return out
 
 
 def _attempt(runs: list[dict], name: str, rep: int, fn) -> None:
@@ -383,7 +386,7 @@ def _channels_run(name, args, clients, conns, progress, label, rep, done) -> dic
                                                         f"{label} connect {m['ready']}/{clients}"))
         n = ready["ready"]
         lg.reset()
-        srv0, window = s.cpu_s(), _cpu_window()
+        srv0, window = s.cpu_s(), _cpu_window(s)
         count = clients * args.rounds
         pub = gen.publish(s.api_port, proto=s.api_proto, rate=0, count=count, channel="c", nchan=clients,
                           batch=args.batch, inflight=args.pub_inflight, pad=args.pad,

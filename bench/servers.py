@@ -154,13 +154,19 @@ def proc_rss_kb(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def proc_cpu_s(pid: int) -> float:
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return 0.0, 0.0
+
+
+def proc_cpu_s(pid: int) -> float:
+    return sum(proc_cpu_split(pid))
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -293,6 +299,11 @@ class Server:
 
     def cpu_s(self) -> float:
         return sum(proc_cpu_s(p) for p in self.pids())
+
+    def user_cpu_s(self) -> float:
+        """User-space CPU seconds: the server's own code, apart from the kernel's socket work
+        (which grows with contention for the cores; user time much less)."""
+        return sum(proc_cpu_split(p)[0] for p in self.pids())
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -26,6 +26,10 @@ cdef extern from "<sys/uio.h>" nogil:
         size_t iov_len
     ssize_t writev(int fd, const iovec* iov, int iovcnt)
 
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+
 cdef extern from "<time.h>" nogil:
     ctypedef int clockid_t
     struct timespec:
@@ -210,11 +214,16 @@ cdef class Conn(WSListener):
             self.tr.write(b"".join(chunks))
             self._note_buffered()
             return 0
-        for i in range(count):
-            item = <object>PyList_GET_ITEM(chunks, i)
-            iov[i].iov_base = PyBytes_AS_STRING(item)
-            iov[i].iov_len = PyBytes_GET_SIZE(item)
-        written = writev(self.fd, iov, <int>count)
+        if count == 1:
+            # The many-channel case: one frame. send() skips writev's file-position lock.
+            item = <object>PyList_GET_ITEM(chunks, 0)
+            written = send(self.fd, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item), MSG_NOSIGNAL)
+        else:
+            for i in range(count):
+                item = <object>PyList_GET_ITEM(chunks, i)
+                iov[i].iov_base = PyBytes_AS_STRING(item)
+                iov[i].iov_len = PyBytes_GET_SIZE(item)
+            written = writev(self.fd, iov, <int>count)
         if written == total:
             return 0
         if written < 0:

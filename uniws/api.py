@@ -415,6 +415,44 @@ def _publish_result(offset: int, epoch: str) -> dict[str, Any]:
     return result
 
 
+_EMPTY_RESULT = b'{"result":{}}'
+
+
+def _position_reply(command_id: int, offset: int, epoch: str) -> bytes:
+    """The reply line of a publish: most are to channels without history, with no id."""
+    if not command_id and not offset and not epoch:
+        return _EMPTY_RESULT
+    return _v3_reply(command_id, _publish_result(offset, epoch))
+
+
+def _plain_publish(command: Any) -> tuple[int, str, bytes] | None:
+    """(id, channel, payload) of a v3 publish in its common shape: canonical keys, a
+    non-empty string channel, a `data` value and nothing else in params. None for anything
+    else, which the general decoder then handles with every quirk of 06 §2."""
+    if type(command) is not dict or command.get("method") != "publish":
+        return None
+    params = command.get("params")
+    if type(params) is not dict or len(params) != 2:
+        return None
+    size = len(command)
+    if size == 3:
+        command_id = command.get("id", _ABSENT)
+        if type(command_id) is not int or not 0 <= command_id <= _UINT32_MAX:
+            return None
+    elif size == 2:
+        command_id = 0
+    else:
+        return None
+    channel = params.get("channel")
+    data = params.get("data", _ABSENT)
+    if type(channel) is not str or not channel or data is _ABSENT:
+        return None
+    try:
+        return command_id, channel, _dumps(data)
+    except ValueError:
+        return None
+
+
 def _error_object(code: int, message: str) -> dict[str, Any]:
     return {"code": code, "message": message}
 
@@ -483,6 +521,15 @@ def _normalise_prefix(prefix: str) -> str:
 _PIPELINE_WINDOW = 1024     # commands of one request in flight at once
 
 
+def _settled_now(reply: Any) -> bytes | None:
+    """The reply line of a publish (future, command id) whose future succeeded; None otherwise."""
+    if type(reply) is tuple:
+        position, command_id = reply
+        if position.done() and not position.cancelled() and position.exception() is None:
+            return _position_reply(command_id, *position.result())
+    return None
+
+
 async def _settled(reply: Any) -> bytes:
     """The reply line of a command that did not finish at once: a coroutine of the line, or
     (future of the position, command id) of a publish that waits for its engine."""
@@ -496,7 +543,7 @@ async def _settled(reply: Any) -> bytes:
     except Exception:
         logging.getLogger("uniws.api").exception("API method publish failed")
         return _v3_error_reply(command_id, 100, "internal server error")
-    return _v3_reply(command_id, _publish_result(offset, epoch))
+    return _position_reply(command_id, offset, epoch)
 
 
 class Api:
@@ -656,7 +703,11 @@ class Api:
         """Append the replies of the oldest pending commands until at most `keep` remain."""
         while len(pending) > keep:
             reply = pending.popleft()
-            _append_line(replies, reply if type(reply) is bytes else await _settled(reply))
+            if type(reply) is not bytes:
+                # A publish whose engine finished meanwhile (a turn's barrier answers a whole
+                # batch at once) costs no coroutine.
+                reply = _settled_now(reply) or await _settled(reply)
+            _append_line(replies, reply)
 
     async def _run_lines(self, lines: list[bytes], check_lines: bool, body: bytes, replies: bytearray,
                          pending: collections.deque | None, tally: dict | None = None) -> None:
@@ -707,6 +758,11 @@ class Api:
         """Start one decoded command: its reply line when done at once, else what `_settled`
         turns into one (a coroutine, or a posted publish's (barrier, id)). Raises _MalformedRequest.
         Counts the command's method in `tally` (metrics) when given."""
+        plain = _plain_publish(command)
+        if plain is not None:
+            if tally is not None:
+                tally["publish"] = tally.get("publish", 0) + 1
+            return self._publish_payload(*plain)
         prepared = self._prepare_v3(command)
         if type(prepared) is bytes:
             return prepared
@@ -752,8 +808,16 @@ class Api:
             if not request.channel:
                 raise ApiError(107)
             payload = _decode_payload(request.data, request.b64data)
-            position = self._node.publish_now(request.channel, payload, skip_history=request.skip_history,
-                                              tags=request.tags)
+        except ApiError as error:
+            return _v3_error_reply(command_id, error.code, error.message)
+        return self._publish_payload(command_id, request.channel, payload, request.skip_history, request.tags)
+
+    def _publish_payload(self, command_id: int, channel: str, payload: bytes, skip_history: bool = False,
+                         tags: dict[str, str] | None = None) -> bytes | tuple:
+        """Start a decoded publish: its reply line when the engine finished at once, else
+        (future of the position, command id)."""
+        try:
+            position = self._node.publish_now(channel, payload, skip_history=skip_history, tags=tags)
             if not position.done():
                 return position, command_id
             offset, epoch = position.result()
@@ -762,7 +826,7 @@ class Api:
         except Exception:
             self._logger.exception("API method publish failed")
             return _v3_error_reply(command_id, 100, "internal server error")
-        return _v3_reply(command_id, _publish_result(offset, epoch))
+        return _position_reply(command_id, offset, epoch)
 
     async def _run_v3(self, command_id: int, method: Any, request: Any) -> bytes:
         try:

@@ -30,7 +30,7 @@ import functools
 import logging
 import struct
 import zlib
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Container, Protocol
 
 import orjson
 
@@ -44,6 +44,8 @@ from .rpc import ANSWER, ANSWERED, FAILED, POST, REQUEST, Rpc, split
 log = logging.getLogger("uniws.cluster")
 
 _PUB = struct.Struct("<QHHIHI")
+_PUB_UNPACK = _PUB.unpack_from
+_PUB_START = 1 + _PUB.size
 _CMD = struct.Struct("<I")
 _PUB_ITEM = struct.Struct("<QII")
 _JOIN_LEAVE = struct.Struct("<BH")
@@ -56,6 +58,8 @@ class Worker(Protocol):
     loop: asyncio.AbstractEventLoop
 
     def interested(self, channel: str) -> bool: ...
+
+    wanted: Container[str]                                  # `channel in wanted` = interested(channel)
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None: ...
 
@@ -87,24 +91,6 @@ def encode_pub(channel: str, epoch: str, pub: Publication, requester: int = -1, 
     ch, ep, tags = channel.encode(), epoch.encode(), _tags_bytes(pub.tags)
     head = _PUB.pack(pub.offset, len(ch), len(ep), len(tags), requester + 1, request_id)
     return b"P" + head + ch + ep + tags + pub.data
-
-
-def pub_channel(message: bytes) -> tuple[str, int, int]:
-    """(channel, requester, request id) of a P message, without decoding the rest."""
-    _, n_ch, _, _, requester, request_id = _PUB.unpack_from(message, 1)
-    start = 1 + _PUB.size
-    return message[start:start + n_ch].decode(), requester - 1, request_id
-
-
-def decode_pub(message: bytes) -> tuple[str, str, Publication]:
-    offset, n_ch, n_ep, n_tags, _, _ = _PUB.unpack_from(message, 1)
-    pos = 1 + _PUB.size
-    channel = message[pos:pos + n_ch].decode()
-    pos += n_ch
-    epoch = message[pos:pos + n_ep].decode()
-    pos += n_ep
-    tags = orjson.loads(message[pos:pos + n_tags]) if n_tags else None
-    return channel, epoch, Publication(message[pos + n_tags:], offset, tags)
 
 
 def encode_pubs(pubs: list[Publication]) -> bytes:
@@ -153,6 +139,9 @@ class Cluster:
         self.sequenced = 0                     # publications this worker owned and broadcast (metrics)
         self._publishing_for = (-1, 0)        # (worker, request id) of the publish being served
         self.relay = None                      # engine/relay.py's BrokerRelay, with a broker engine
+        # The hot path's shortcuts to the node: channels wanted here, and delivery (the hub's).
+        self.wanted = node.wanted
+        self.deliver = node.handle_publication
 
     def attach(self, bus) -> None:
         self.bus = bus
@@ -236,15 +225,20 @@ class Cluster:
 
     def on_bus_message(self, sender: int, message: bytes) -> None:
         kind = message[0]
-        if kind == 0x50:                      # P
-            channel, requester, request_id = pub_channel(message)
-            interested, mine = self.node.interested(channel), requester == self.index
+        if kind == 0x50:                      # P: one header read; nothing built for a channel not here
+            offset, n_ch, n_ep, n_tags, requester, request_id = _PUB_UNPACK(message, 1)
+            pos = _PUB_START + n_ch
+            channel = message[_PUB_START:pos].decode()
+            interested, mine = channel in self.wanted, requester == self.index + 1
             if interested or mine:
-                _, epoch, pub = decode_pub(message)
+                epoch = message[pos:pos + n_ep].decode() if n_ep else ""
+                pos += n_ep
+                tags = orjson.loads(message[pos:pos + n_tags]) if n_tags else None
+                pub = Publication(message[pos + n_tags:], offset, tags)
                 if interested:
-                    self.node.handle_publication(channel, pub, epoch)
+                    self.deliver(channel, pub, epoch)
                 if mine:
-                    self.rpc.resolve(request_id, [pub.offset, epoch])
+                    self.rpc.resolve(request_id, [offset, epoch])
         elif kind == REQUEST or kind == POST:
             self.rpc.on_request(sender, message)
         elif kind == ANSWER or kind == FAILED:

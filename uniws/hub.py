@@ -114,7 +114,7 @@ class Hub:
         # (see note_position); they are out of the delivery indexes meanwhile.
         self.ahead: dict[str, dict[Conn, int]] = {}
         # Channels this worker receives (subscribers or a connect waiting): the engine's count.
-        self._wanted: dict[str, int] = {}
+        self.wanted: dict[str, int] = {}       # read by the bus handler (cluster.py); changed only here
         self.publications = 0          # publications handed to this hub (metrics)
 
     # -- users -------------------------------------------------------------------------------
@@ -138,17 +138,17 @@ class Hub:
 
     def want(self, channel: str) -> None:
         """Count an interest in the channel's publications (a subscriber or a connect waiting)."""
-        count = self._wanted.get(channel, 0)
-        self._wanted[channel] = count + 1
+        count = self.wanted.get(channel, 0)
+        self.wanted[channel] = count + 1
         if not count:
             self._first(channel)
 
     def unwant(self, channel: str) -> None:
-        count = self._wanted.get(channel, 0) - 1
+        count = self.wanted.get(channel, 0) - 1
         if count > 0:
-            self._wanted[channel] = count
+            self.wanted[channel] = count
         elif count == 0:
-            del self._wanted[channel]
+            del self.wanted[channel]
             self._last(channel)
 
     def add(self, conn: Conn, channel: str, sub: Subscription) -> None:
@@ -219,10 +219,10 @@ class Hub:
 
     def interested(self, channel: str) -> bool:
         """Whether a publication on `channel` has anyone to reach on this worker."""
-        return channel in self._wanted
+        return channel in self.wanted
 
     def wanted_channels(self) -> list[str]:
-        return list(self._wanted)
+        return list(self.wanted)
 
     def note_position(self, conn: Conn, channel: str, epoch: str, offset: int) -> bool:
         """A positioned subscriber (already added) caught up at (epoch, offset). False when it
@@ -270,8 +270,8 @@ class Hub:
         if not subscribers and not subscribers_v2:
             return
         channel_json = codec.json_string(channel)
-        tags = codec.tags_object(pub.tags)
-        data = codec.raw(pub.data)
+        tags = codec.tags_object(pub.tags) if pub.tags else None
+        data = pub.data if b"\n" not in pub.data else codec.raw(pub.data)
         if subscribers:
             self.fanout.deliver(subscribers, pub_frame(False, channel_json, data, pub.offset, tags))
         if subscribers_v2:

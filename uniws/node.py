@@ -49,6 +49,7 @@ _RELOADABLE = ("token_hmac_secret_key", "token_rsa_public_key", "token_ecdsa_pub
                "user_subscribe_to_personal", "user_personal_channel_namespace",
                "user_personal_single_connection", "client_insecure", "client_anonymous",
                *(f.name for f in dataclasses.fields(ChannelOptions)))
+_OPTIONS_CACHED = 1 << 16      # channels whose options a worker remembers (then it starts over)
 
 
 class Node:
@@ -68,6 +69,9 @@ class Node:
         self._tasks: set[asyncio.Future] = set()
         self._subscribing: dict[str, asyncio.Future] = {}   # broker subscriptions under way
         self._node_info: dict | None = None                  # see node_info()
+        # channel -> options, for channels named in API calls: a publish looks its channel up
+        # once instead of checking the name and finding the namespace each time. Bounded.
+        self._options_of: dict[str, ChannelOptions] = {}
 
         self.fanout = Fanout(loop, cfg.client_queue_max_size, self._close_slow)
         self.hub = Hub(self.fanout, self._drop, self._first_subscriber, self._last_subscriber)
@@ -75,6 +79,7 @@ class Node:
         self.handle_publication = self.hub.handle_publication
         self.handle_join_leave = self.hub.handle_join_leave
         self.interested = self.hub.interested
+        self.wanted = self.hub.wanted
         self.cluster: Cluster | None = None
         self.engine = self._make_engine(index, count)
         # An engine that may answer later: pipelined API requests then wait for the one before
@@ -123,6 +128,7 @@ class Node:
         self.cfg = dataclasses.replace(self.cfg, **fields)
         self.sessions.cfg = self.cfg
         self.verifier, self.rules = verifier, rules
+        self._options_of = {}
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -308,11 +314,17 @@ class Node:
     def channel_options(self, channel: str) -> ChannelOptions:
         """Options of a channel named in an API call; 107 for a name the node cannot carry (it
         never reaches the bus), 102 for an unknown namespace."""
+        opts = self._options_of.get(channel)
+        if opts is not None:
+            return opts
         if not channel_name_ok(channel):
             raise ApiError(107)
         opts = self.rules.options(channel)
         if opts is None:
             raise ApiError(102)
+        if len(self._options_of) >= _OPTIONS_CACHED:
+            self._options_of.clear()
+        self._options_of[channel] = opts
         return opts
 
     def publish_now(self, channel: str, data: bytes, *, skip_history: bool = False,

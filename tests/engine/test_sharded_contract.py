@@ -30,6 +30,12 @@ class Worker:
     def interested(self, channel: str) -> bool:
         return True
 
+    class _Everything:
+        def __contains__(self, channel: str) -> bool:
+            return True
+
+    wanted = _Everything()                # cluster.Worker.wanted: every channel
+
     def handle_publication(self, channel, pub, epoch) -> None:
         self.handler.handle_publication(channel, pub, epoch)
 

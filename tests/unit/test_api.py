@@ -882,3 +882,39 @@ def test_vectors_against_stand_in_node() -> None:
             failures.append((name, problems))
     assert failures == []
     assert state["epoch"] == "E"
+
+
+# -- the plain-publish fast path decodes exactly as the general decoder ---------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from uniws import api as api_module  # noqa: E402
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+                            | st.text(max_size=5),
+                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                         max_size=3), max_leaves=8)
+_keys = st.sampled_from(["method", "params", "id", "Method", "ID", "channel", "data", "Data", "b64data", "tags",
+                         "skip_history", "x"])
+_commands = st.dictionaries(_keys, st.one_of(
+    st.sampled_from(["publish", "Publish", "broadcast", ""]), st.integers(-1, 2**33), _json_values,
+    st.dictionaries(_keys, st.one_of(st.text(max_size=4), _json_values), max_size=4)), max_size=4)
+
+
+@settings(max_examples=400)
+@given(st.one_of(_commands, _json_values,
+                 st.builds(lambda ch, data, cid: {"method": "publish", "params": {"channel": ch, "data": data},
+                                                  **({"id": cid} if cid is not None else {})},
+                           st.text(max_size=6), _json_values, st.one_of(st.none(), st.integers(-1, 2**33)))))
+def test_plain_publish_fast_path_matches_the_general_decoder(command):
+    plain = api_module._plain_publish(command)
+    if plain is None:
+        return                                   # the general path decides everything else
+    command_id, channel, payload = plain
+    prepared = Api(StandInNode(), api_key="secret", api_insecure=False)._prepare_v3(command)
+    assert type(prepared) is tuple and prepared[1] is api_module._PUBLISH
+    request = prepared[2]
+    assert prepared[0] == command_id and request.channel == channel and channel
+    assert (request.b64data, request.skip_history, request.tags) == ("", False, None)
+    assert api_module._decode_payload(request.data, request.b64data) == payload

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from uniws._shmring import RingClosed
 from uniws.bus import Bus, BusFiles
 from uniws.channels import channel_name_ok
-from uniws.cluster import decode_pub, decode_pubs, encode_pub, encode_pubs, pub_channel
+from uniws.cluster import Cluster, decode_pubs, encode_pub, encode_pubs
 from uniws.engine.base import Publication
 from uniws.errors import ApiError
 from uniws.rpc import ANSWER, ANSWERED, FAILED, Rpc
@@ -157,12 +157,34 @@ publications = st.builds(Publication, st.binary(max_size=200), st.integers(0, 2*
                                                               min_size=1, max_size=3)))
 
 
+class _Receiver:
+    """The node side of a Cluster that receives P messages: what it delivers, for `wanted` channels."""
+
+    def __init__(self, wanted: set[str]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.wanted = wanted
+        self.delivered: list[tuple[str, Publication, str]] = []
+
+    def handle_publication(self, channel, pub, epoch) -> None:
+        self.delivered.append((channel, pub, epoch))
+
+
 @given(st.text(min_size=1, max_size=50).filter(channel_name_ok), st.text(max_size=8).filter(
-    lambda e: e == "" or channel_name_ok(e)), publications, st.integers(-1, 30), st.integers(0, 2**32 - 1))
-def test_publication_message_round_trip(channel, epoch, pub, requester, request_id):
-    message = encode_pub(channel, epoch, pub, requester, request_id)
-    assert pub_channel(message) == (channel, requester, request_id)
-    assert decode_pub(message) == (channel, epoch, pub)
+    lambda e: e == "" or channel_name_ok(e)), publications, st.integers(-1, 30), st.integers(0, 2**32 - 1),
+    st.booleans())
+def test_publication_message_round_trip(channel, epoch, pub, requester, request_id, wanted):
+    """What the bus handler decodes of a P message is what was encoded; a channel not wanted
+    here is not delivered, and the requester's answer is resolved either way."""
+    node = _Receiver({channel} if wanted else set())
+    cluster = Cluster(node, 3, 31, None)
+    resolved = []
+    cluster.rpc.resolve = lambda rid, result: resolved.append((rid, result))
+    try:
+        cluster.on_bus_message(0, encode_pub(channel, epoch, pub, requester, request_id))
+    finally:
+        node.loop.close()
+    assert node.delivered == ([(channel, pub, epoch)] if wanted else [])
+    assert resolved == ([(request_id, [pub.offset, epoch])] if requester == 3 else [])
 
 
 @given(st.lists(publications, max_size=20))

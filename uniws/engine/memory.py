@@ -50,6 +50,8 @@ class MemoryEngine(OneNode):
         self._clock = clock
         self._streams: dict[str, Stream] = {}
         self._presence: dict[str, dict[str, bytes]] = {}     # channel -> client id -> ClientInfo JSON
+        # Publications without history all answer this: one done future, shared (never altered).
+        self._no_position = done_future(loop, NO_POSITION)
 
 
     def set_handler(self, handler: EngineHandler) -> None:
@@ -71,7 +73,7 @@ class MemoryEngine(OneNode):
             position = self.publish_now(channel, data, opts, skip_history=skip_history, tags=tags)
         except ApiError as exc:
             return failed_future(self._loop, exc)
-        return done_future(self._loop, position)
+        return self._no_position if position is NO_POSITION else done_future(self._loop, position)
 
     def publish_now(self, channel: str, data: bytes, opts: ChannelOptions, *,
                     skip_history: bool = False, tags: dict[str, str] | None = None) -> tuple[int, str]:
