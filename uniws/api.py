@@ -14,6 +14,7 @@ import base64
 import collections
 import hmac
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -575,6 +576,9 @@ class Api:
         if self._prefix == "/":
             return name in _V5_ROUTE_NAMES  # do not shadow every other top-level path
         return bool(name) and "/" not in name
+
+    def body_limit(self, path: str) -> int:
+        return sys.maxsize              # the front's http_max_request_body_size alone
 
     def head_check(self, method: str, path: str, query: str, headers: Mapping[str, str]) -> Response | None:
         """The answer a request gets from its head alone (unknown route, method, key, shutdown),

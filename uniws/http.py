@@ -80,6 +80,10 @@ class PathHandler:
     def head_check(self, method, path, query, headers):
         return None
 
+    def body_limit(self, path: str) -> int:
+        """The largest body this handler reads at `path` (the front's limit applies too)."""
+        return 0                        # health and metrics read no body
+
     async def handle(self, method, path, query, headers, body, dispatched=None):
         if dispatched is not None:
             dispatched()
@@ -187,7 +191,7 @@ class _ApiCall:
 class HttpFront(asyncio.Protocol):
     __slots__ = ("routes", "limits", "transport", "parser", "id", "phase", "counted", "began",
                  "url", "request", "raw_headers", "headers", "head_size", "head_raw", "kind", "handler", "body",
-                 "body_size", "pending", "calls", "dispatching", "last", "eof", "closed", "continue_owed",
+                 "body_size", "max_body", "pending", "calls", "dispatching", "last", "eof", "closed", "continue_owed",
                  "paused", "deadline", "wake", "upgrade", "upgrade_tail", "discarded", "lingering")
 
     def __init__(self, routes: Routes, limits: FrontLimits | None = None) -> None:
@@ -209,6 +213,7 @@ class HttpFront(asyncio.Protocol):
         self.handler = None            # what answers an _API request
         self.body: list[bytes] | None = None
         self.body_size = 0
+        self.max_body = self.limits.max_body     # of the current request: a handler may ask for less
         self.pending: collections.deque = collections.deque()   # [response or _ApiCall, keep_alive]
         self.calls: collections.deque = collections.deque()     # _ApiCalls not started yet
         self.dispatching: _ApiCall | None = None
@@ -324,6 +329,7 @@ class HttpFront(asyncio.Protocol):
         self.kind = _OTHER
         self.body = None
         self.body_size = 0
+        self.max_body = self.limits.max_body
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -390,9 +396,10 @@ class HttpFront(asyncio.Protocol):
                 self.kind = _API
                 self.handler = handler
                 self.body = []
+                self.max_body = min(self.max_body, handler.body_limit(path))
             elif routes.health_path is not None and path == routes.health_path:
                 self.kind = _HEALTH
-        if length > self.limits.max_body:
+        if length > self.max_body:
             raise _Refused(413, f"announced body of {length} bytes")
         self.request = (method, path, query)
         self._set_phase(_BODY)
@@ -420,8 +427,8 @@ class HttpFront(asyncio.Protocol):
 
     def _count_body(self, n: int) -> None:
         self.body_size += n
-        if self.body_size > self.limits.max_body:
-            raise _Refused(413, f"body over {self.limits.max_body} bytes")
+        if self.body_size > self.max_body:
+            raise _Refused(413, f"body over {self.max_body} bytes")
 
     def on_message_complete(self) -> None:
         keep_alive = self.parser.should_keep_alive()

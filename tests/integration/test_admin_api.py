@@ -147,3 +147,38 @@ def test_internal_port_holds_admin_metrics_health_and_admin_external_moves_the_u
     assert requests.post(server.base + "/admin/auth", data={"password": "pw"}, timeout=10).status_code == 200
     assert requests.get(inside + "/", timeout=10).status_code == 404
     assert requests.get(inside + "/health", timeout=10).status_code == 200
+
+
+def _raw_exchange(server, head: bytes, body: bytes = b"") -> bytes:
+    """Send a request head (and body bytes) on a fresh connection; what the server answers."""
+    import socket
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_login_body_is_bounded_on_the_head_and_while_chunked(start_server):
+    """A client without credentials cannot make a worker buffer more than a login form's worth:
+    an announced body over the bound is refused on its head (no body byte sent), a chunked one
+    as soon as it grows past it; the server keeps serving logins."""
+    server = start_server(ADMIN)
+    announced = _raw_exchange(server, b"POST /admin/auth HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                      b"application/x-www-form-urlencoded\r\nContent-Length: 16000000\r\n\r\n")
+    assert announced.startswith(b"HTTP/1.1 413 ")
+    chunk = b"password=" + b"x" * 9000
+    chunked = _raw_exchange(server, b"POST /admin/auth HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                            b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+    assert chunked.startswith(b"HTTP/1.1 413 ")
+    # health and metrics read no body at all; the admin API (behind its token) keeps the front's limit
+    assert _raw_exchange(server, b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n").startswith(
+        b"HTTP/1.1 413 ")
+    assert _login(server, "pw").status_code == 200
+    token = _login(server, "pw").json()["token"]
+    big = json.dumps({"method": "publish", "params": {"channel": "c", "data": "x" * 20000}})
+    assert _admin_api(server, body=big, headers={"Authorization": f"token {token}"}).status_code == 200

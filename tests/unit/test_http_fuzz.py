@@ -62,6 +62,9 @@ class EchoApi:
     def head_check(self, method, path, query, headers):
         return None if headers.get("x-api-key") == "k" else (401, [], b"")
 
+    def body_limit(self, path: str) -> int:
+        return 1 << 62                  # the front's limit alone, as the real API
+
     async def handle(self, method, path, query, headers, body, dispatched=None):
         await asyncio.sleep(0)
         return 200, [("Content-Type", "application/octet-stream")], body
@@ -266,3 +269,49 @@ def test_api_deep_nesting_is_a_400_or_a_107(depth, opener, path):
     inner = opener * depth
     for path_body in (inner, b'{"method":"publish","params":{"channel":"c","data":' + inner + b"}}"):
         assert _handle(path, path_body) in (200, 400)
+
+
+@SETTINGS
+@given(st.integers(0, 300), st.booleans(), st.lists(st.integers(0, 10_000), max_size=10), st.integers(1, 64))
+def test_a_handlers_body_limit_refuses_before_buffering(size, chunked, cuts, chunk_size):
+    """A handler's own smaller body limit: within it the request is answered, over it 413 (on
+    the head when the length is announced, as soon as a chunked body passes it), and the front
+    never holds more than the limit of the body."""
+    limit = 100
+
+    class Small(EchoApi):
+        def body_limit(self, path: str) -> int:
+            return limit
+
+    body = b"b" * size
+    if chunked:
+        parts = [body[i:i + chunk_size] for i in range(0, size, chunk_size)]
+        payload = b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in parts) + b"0\r\n\r\n"
+        head = b"POST /api HTTP/1.1\r\nX-API-Key: k\r\nTransfer-Encoding: chunked\r\n\r\n"
+    else:
+        payload = body
+        head = b"POST /api HTTP/1.1\r\nX-API-Key: k\r\nContent-Length: %d\r\n\r\n" % size
+
+    async def drive():
+        front = HttpFront(Routes(api=Small()), FrontLimits())
+        wire = Wire()
+        front.connection_made(wire)
+        held = 0
+        for piece in split(head + payload, cuts):
+            if wire.closed:
+                break
+            front.data_received(piece)
+            held = max(held, front.body_size)
+            await asyncio.sleep(0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        front.connection_lost(None)
+        return wire, held
+
+    wire, held = asyncio.run(drive())
+    responses = read_responses(bytes(wire.out))
+    assert held <= limit + chunk_size           # at most the piece that crossed the limit was counted
+    if size <= limit:
+        assert responses == [(200, body)]
+    else:
+        assert [status for status, _ in responses] == [413]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import mimetypes
 import os
+import sys
 from importlib import resources
 from urllib.parse import parse_qsl
 
@@ -21,6 +22,7 @@ from ..api import Api
 from .auth import form_field, make_token, token_valid
 
 _INDEX = "index.html"
+LOGIN_BODY_MAX = 8192          # bytes of a POST to /admin/auth: a password form needs far less
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
           ".ico": "image/x-icon", ".json": "application/json"}
@@ -71,6 +73,13 @@ class AdminHandler:
 
     def matches(self, path: str) -> bool:
         return path.startswith(self.base) or (bool(self.prefix) and path == self.prefix)
+
+    def body_limit(self, path: str) -> int:
+        """A login form is small: a client without credentials cannot make a worker buffer
+        more (413 on the head, or as soon as a chunked body grows past it)."""
+        if path == self.api_path:
+            return sys.maxsize          # after the token check: the front's limit alone
+        return LOGIN_BODY_MAX if path == self.auth_path else 0
 
     def head_check(self, method, path, query, headers):
         if path == self.auth_path or path == self.api_path:
