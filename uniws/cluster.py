@@ -45,6 +45,7 @@ log = logging.getLogger("uniws.cluster")
 
 _PUB = struct.Struct("<QHHIHI")
 _PUB_UNPACK = _PUB.unpack_from
+_PUB_PACK = _PUB.pack
 _PUB_START = 1 + _PUB.size
 _CMD = struct.Struct("<I")
 _PUB_ITEM = struct.Struct("<QII")
@@ -170,10 +171,11 @@ class Cluster:
         message instead of a post to the owner and its broadcast back). Refused (error 100,
         nothing done) when it would not fit the bus."""
         self._check_size(channel, data, tags)
-        pub = Publication(data, 0, tags or None)
+        ch, tags_json = channel.encode(), _tags_bytes(tags)
         self.sequenced += 1
-        self.bus.broadcast(encode_pub(channel, "", pub))
-        self.node.handle_publication(channel, pub, "")
+        self.bus.broadcast(b"".join((b"P", _PUB_PACK(0, len(ch), 0, len(tags_json), 0, 0), ch, tags_json, data)))
+        if channel in self.wanted:            # a subscriber here (most channels have one, on one worker)
+            self.deliver(channel, Publication(data, 0, tags or None), "")
 
     def _check_size(self, channel: str, data: bytes, tags: dict[str, str] | None) -> None:
         size = 1 + _PUB.size + 4 * len(channel) + _EPOCH_ROOM + len(data)    # a bound: no encoding
