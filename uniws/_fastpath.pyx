@@ -20,6 +20,8 @@ from libc.string cimport memcpy
 
 from picows.picows cimport MemoryBuffer, WSFrame, WSMsgType, WSTransport
 
+from .codec import json_string as _codec_json_string
+
 cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
         void* iov_base
@@ -93,6 +95,38 @@ cpdef bytes frame_text(bytes payload):
 cdef inline Py_ssize_t _put(char* p, Py_ssize_t at, const char* s, Py_ssize_t n) noexcept:
     memcpy(p + at, s, n)
     return at + n
+
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    const char* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+
+
+cpdef bytes json_str(str value):
+    """`value` as a JSON string literal: equals codec.json_string (pinned by tests/unit/test_codec.py).
+    A channel name is nearly always ASCII with nothing to escape: that case is one scan and one
+    allocation in C; anything else goes to the reference encoder."""
+    cdef Py_ssize_t n, i
+    cdef const unsigned char* p
+    cdef unsigned char c
+    cdef bytes out
+    cdef char* o
+    if PyUnicode_IS_COMPACT_ASCII(value):
+        n = PyUnicode_GET_LENGTH(value)
+        p = <const unsigned char*>PyUnicode_DATA(value)
+        for i in range(n):
+            c = p[i]
+            if c < 0x20 or c == 0x22 or c == 0x5C or c == 0x3C or c == 0x3E or c == 0x26:
+                break
+        else:
+            out = PyBytes_FromStringAndSize(NULL, n + 2)
+            o = PyBytes_AS_STRING(out)
+            o[0] = 0x22
+            memcpy(o + 1, p, n)
+            o[n + 1] = 0x22
+            return out
+    return _codec_json_string(value)
 
 
 cpdef bytes pub_frame(bint v2, bytes channel_json, bytes data, uint64_t offset, bytes tags_json):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from . import codec
-from ._fastpath import CONNECTED, Conn, Fanout, frame_text, pub_frame
+from ._fastpath import CONNECTED, Conn, Fanout, frame_text, json_str, pub_frame
 from .engine.base import Publication
 from .errors import INSUFFICIENT_STATE, Disconnect
 from .globmatch import compile_glob
@@ -269,7 +269,7 @@ class Hub:
         subscribers_v2 = self.subs_v2.get(channel)
         if not subscribers and not subscribers_v2:
             return
-        channel_json = codec.json_string(channel)
+        channel_json = json_str(channel)
         tags = codec.tags_object(pub.tags) if pub.tags else None
         data = pub.data if b"\n" not in pub.data else codec.raw(pub.data)
         if subscribers:

@@ -91,3 +91,13 @@ def test_cython_pub_frame_matches_pure_encoder(v2, channel, data, offset, tags):
     expected = codec.frame_text(codec.pub_push(v2, channel, data, offset, tags))
     got = _fastpath.pub_frame(v2, codec.json_string(channel), data, offset, codec.tags_object(tags))
     assert got == expected
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(st.one_of(st.text(), st.text(alphabet=st.characters(max_codepoint=0x7F)),
+                 st.text(alphabet='ab"\\<>&\x00\x1f\u2028\u00e9', max_size=8)))
+def test_cython_json_str_matches_the_reference(value):
+    assert _fastpath.json_str(value) == codec.json_string(value)
