@@ -366,7 +366,8 @@ def _connect_report(args, clients, names, runs) -> None:
     text = "\n" + _ratio_table(
         f"connect storm: {clients} clients, each with its own HS256 JWT; {personal}; "
         f"{args.inflight} handshakes in flight per loadgen process x {args.procs}; time from the first connect() "
-        f"to the last connect push; medians of {args.reps} (connects/s: higher is better; '-' = some client got no push):", medians,
+        f"to the last connect push; medians of {args.reps} (connects/s: higher is better; '-' = some client got "
+        f"no push):", medians,
         [("connects_per_s", "connects/s", 0, True), ("connect_s", "seconds", 2), ("failed", "failed", 0),
          ("server_cpu_s", "server cpu s", 2), ("loadgen_cpu_s", "loadgen cpu s", 2)])
     _finish("connect", args, {"clients": clients, "personal": args.personal, "runs": runs, "medians": medians},
