@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from . import codec
@@ -26,6 +25,7 @@ from .engine.base import Publication
 from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_CLOSED, CONNECTION_LIMIT, EXPIRED, INSUFFICIENT_STATE,
                      INTERNAL, INVALID_TOKEN, SLOW, STALE, SUB_EXPIRED, WRITE_ERROR, ApiError, Disconnect)
 from .hub import Buffered, Subscription
+from .ids import new_id
 from .protocol import ConnectRequest, ConnectRequestError, SubHint, parse_connect_request
 from .proxy import ConnContext, Headers
 from .resume import CursorEntry, CursorError, CursorState, Signer, resume_hints, with_cursor
@@ -147,7 +147,7 @@ class Sessions:
         conn.v2 = v2
         conn.size_limit = self.cfg.uni_websocket_message_size_limit
         conn.connect_request = connect_request
-        conn.client_id = str(uuid.uuid4())
+        conn.client_id = new_id()
         conn.channels = {}
         if headers:
             self._proxy_ctx[conn.client_id] = ConnContext(headers, None)
@@ -485,7 +485,7 @@ class Sessions:
         conn.user = user
         conn.info = creds.info if creds is not None else None
         conn.expire_at = expire_at
-        conn.session = str(uuid.uuid4())
+        conn.session = new_id()
         conn.state = CONNECTED
         self.hub.add_user(conn)
         # With a refresh proxy the server refreshes: the client is told no expiry (04 §6.3).
