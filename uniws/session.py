@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import codec
-from ._fastpath import CLOSED, CONNECTED, CONNECTING, Conn
+from ._fastpath import CLOSED, CONNECTED, CONNECTING, Conn, frame_text
 from .auth import Credentials, TokenError
 from .eager import run_eager
 from .engine.base import Publication
@@ -503,7 +503,7 @@ class Sessions:
                     state.track(channel, sub.epoch, sub.offset)
             self.hub.cursors[conn] = state
             push = with_cursor(push, state.tail())
-        self.fanout.enqueue(conn, codec.frame_text(push))
+        self.fanout.enqueue(conn, frame_text(push))      # _fastpath's: one allocation
 
     def _catch_up(self, conn: Conn, channel: str, sub: Subscription, buffered: Buffered) -> bool:
         """Deliver what arrived while the position was read; a gap, an epoch change or another

@@ -128,8 +128,10 @@ def handshake_error(status: int) -> bytes:
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 
-def _tokens(value: str) -> set[str]:
-    return {part.strip().lower() for part in value.split(",")}
+def _has_token(value: str, token: str) -> bool:
+    """Whether the comma-separated header value lists `token` (lower-case), in any case."""
+    value = value.lower()
+    return value == token or token in {part.strip() for part in value.split(",")}
 
 
 class OriginCheck:
@@ -194,13 +196,13 @@ class UniWebSocket:
 
     def check(self, method: str, headers: dict[str, str]) -> int:
         """0 when the handshake is acceptable, else the HTTP status to answer (01 §2.3 order)."""
-        if "upgrade" not in _tokens(headers.get("connection", "")):
+        if not _has_token(headers.get("connection", ""), "upgrade"):
             return 400
-        if "websocket" not in _tokens(headers.get("upgrade", "")):
+        if not _has_token(headers.get("upgrade", ""), "websocket"):
             return 400
         if method != "GET":
             return 405
-        if "13" not in _tokens(headers.get("sec-websocket-version", "")):
+        if not _has_token(headers.get("sec-websocket-version", ""), "13"):
             return 400
         origin = headers.get("origin", "")
         if not self.origins.allowed(origin):
