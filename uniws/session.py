@@ -435,8 +435,11 @@ class Sessions:
                 await self.node.receiving(channels)
                 results: dict[str, bytes] = {}
                 for channel, sub in subs.items():
-                    hint = cursor_hints.get(channel) or request.subs.get(channel)
-                    results[channel] = await self._subscribe_result(channel, sub, hint)
+                    if sub.positioned:
+                        hint = cursor_hints.get(channel) or request.subs.get(channel)
+                        results[channel] = await self._positioned_result(channel, sub, hint)
+                    else:               # nothing to read: no coroutine per channel
+                        results[channel] = codec.subscribe_result(data=sub.data)
             finally:
                 buffered = self.hub.end_buffer(conn, positioned)
             if conn.close_reason is not None or conn.state == CLOSED:
@@ -459,7 +462,8 @@ class Sessions:
             self.node.expiry.add(expire_at if refreshed else expire_at + cfg.client_expired_close_delay,
                                  conn.client_id)
         for channel, sub in subs.items():
-            await self._joined(conn, channel, sub)
+            if sub.presence or sub.join_leave:
+                await self._joined(conn, channel, sub)
         if cfg.user_personal_single_connection and user:
             await self.node.disconnect(user, whitelist=[conn.client_id], disconnect=CONNECTION_LIMIT)
         log.debug("client %s connected as user %r with %d channels", conn.client_id, user, len(subs))
@@ -522,9 +526,7 @@ class Sessions:
             return False
         return True
 
-    async def _subscribe_result(self, channel: str, sub: Subscription, hint: SubHint | None) -> bytes:
-        if not sub.positioned:
-            return codec.subscribe_result(data=sub.data)
+    async def _positioned_result(self, channel: str, sub: Subscription, hint: SubHint | None) -> bytes:
         engine = self.node.engine
         if sub.recover and hint is not None and (type(hint) is CursorEntry or hint.recover):
             return await self._recover(channel, sub, hint)
