@@ -4,7 +4,8 @@ The HTTP front (http.py) reads the request head. For the WebSocket path it
 calls `UniWebSocket.upgrade`, which answers a bad handshake itself or replaces
 the front protocol with picows's `WSProtocol` on the same transport. picows is
 then fed a minimal copy of the validated head (it parses it again and sends the
-101) followed by whatever bytes came after the head.
+101, whose bytes `_SwitchingProtocols` makes) followed by whatever bytes came
+after the head. picows offers no way to start a protocol past its handshake.
 """
 
 from __future__ import annotations
