@@ -343,7 +343,7 @@ def connect(args) -> None:
 
 
 def _connect_run(name, args, clients, conns, progress, label, rep, done) -> dict:
-    with _server(name, args) as s:
+    with _server(name, args, personal=args.personal) as s:
         srv0, window = s.cpu_s(), _cpu_window()
         with _loadgen(s, conns, clients, args, inflight=args.inflight, connect_timeout=30) as lg:
             ready = lg.wait_ready(lambda m: progress.update(done + m["ready"] / clients,
@@ -363,13 +363,18 @@ def _connect_report(args, clients, names, runs) -> None:
     medians = {name: {k: _rank(runs, k)[name] for k in
                       ("connects_per_s", "connect_s", "failed", "server_cpu_s", "loadgen_cpu_s")}
                for name in names}
+    # Only uniws has a personal channel; the peers do the same handshake and subscription without one.
+    personal = ("uniws also subscribes each client to its personal channel #u<i> (user_subscribe_to_personal; "
+                "the peers have no such thing)" if args.personal else "personal channel off")
     text = "\n" + _ratio_table(
-        f"connect storm: {clients} clients, each with its own HS256 JWT, {args.inflight} handshakes in flight "
-        f"per loadgen process x {args.procs}; time from the first connect() to the last connect push; "
-        f"medians of {args.reps} (connects/s: higher is better; '-' = some client got no push):", medians,
+        f"connect storm: {clients} clients, each with its own HS256 JWT; {personal}; "
+        f"{args.inflight} handshakes in flight per loadgen process x {args.procs}; time from the first connect() "
+        f"to the last connect push; medians of {args.reps} (connects/s: higher is better; '-' = some client got "
+        f"no push):", medians,
         [("connects_per_s", "connects/s", 0, True), ("connect_s", "seconds", 2), ("failed", "failed", 0),
          ("server_cpu_s", "server cpu s", 2), ("loadgen_cpu_s", "loadgen cpu s", 2)])
-    _finish("connect", args, {"clients": clients, "runs": runs, "medians": medians}, text,
+    _finish("connect", args, {"clients": clients, "personal": args.personal, "runs": runs, "medians": medians},
+            text,
             lambda path: report.plot_bars(path, {n: m["connects_per_s"] for n, m in medians.items()},
                                           "connects/s", f"connect storm ({clients} clients)"))
 
@@ -573,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("connect", help="connect storm with a JWT per client: connects/s")
     add_common(p, 10000)
     p.add_argument("--inflight", type=int, default=512, help="handshakes in flight per loadgen process")
+    p.add_argument("--personal", action=argparse.BooleanOptionalAction, default=True,
+                   help="uniws subscribes each client to its personal channel too (user_subscribe_to_personal; "
+                        "the issue's workload, default on); --no-personal for the token's channel only")
     p.set_defaults(func=connect)
     p = sub.add_parser("channels", help="a channel per client, one publication to each: publications/s")
     add_common(p, 10000)

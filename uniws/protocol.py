@@ -82,6 +82,8 @@ def _sub_hint(value: object, channel: str) -> SubHint:
         return SubHint()
     if not isinstance(value, dict):
         raise ConnectRequestError(f"subs.{channel} must be an object")
+    if not value:                                # `{}`, the usual hint: nothing to read
+        return SubHint()
     fields = _lower_keys(value)
     hint = SubHint()
     recover = fields.get("recover")

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from . import codec
-from ._fastpath import CLOSED, CONNECTED, CONNECTING, Conn
+from ._fastpath import CLOSED, CONNECTED, CONNECTING, Conn, frame_text
 from .auth import Credentials, TokenError
 from .eager import run_eager
 from .engine.base import Publication
 from .errors import (BAD_REQUEST, CHANNEL_LIMIT, CONNECTION_CLOSED, CONNECTION_LIMIT, EXPIRED, INSUFFICIENT_STATE,
                      INTERNAL, INVALID_TOKEN, SLOW, STALE, SUB_EXPIRED, WRITE_ERROR, ApiError, Disconnect)
 from .hub import Buffered, Subscription
+from .ids import new_id
 from .protocol import ConnectRequest, ConnectRequestError, SubHint, parse_connect_request
 from .proxy import ConnContext, Headers
 from .resume import CursorEntry, CursorError, CursorState, Signer, resume_hints, with_cursor
@@ -147,7 +147,7 @@ class Sessions:
         conn.v2 = v2
         conn.size_limit = self.cfg.uni_websocket_message_size_limit
         conn.connect_request = connect_request
-        conn.client_id = str(uuid.uuid4())
+        conn.client_id = new_id()
         conn.channels = {}
         if headers:
             self._proxy_ctx[conn.client_id] = ConnContext(headers, None)
@@ -435,8 +435,11 @@ class Sessions:
                 await self.node.receiving(channels)
                 results: dict[str, bytes] = {}
                 for channel, sub in subs.items():
-                    hint = cursor_hints.get(channel) or request.subs.get(channel)
-                    results[channel] = await self._subscribe_result(channel, sub, hint)
+                    if sub.positioned:
+                        hint = cursor_hints.get(channel) or request.subs.get(channel)
+                        results[channel] = await self._positioned_result(channel, sub, hint)
+                    else:               # nothing to read: no coroutine per channel
+                        results[channel] = codec.subscribe_result(data=sub.data)
             finally:
                 buffered = self.hub.end_buffer(conn, positioned)
             if conn.close_reason is not None or conn.state == CLOSED:
@@ -459,7 +462,8 @@ class Sessions:
             self.node.expiry.add(expire_at if refreshed else expire_at + cfg.client_expired_close_delay,
                                  conn.client_id)
         for channel, sub in subs.items():
-            await self._joined(conn, channel, sub)
+            if sub.presence or sub.join_leave:
+                await self._joined(conn, channel, sub)
         if cfg.user_personal_single_connection and user:
             await self.node.disconnect(user, whitelist=[conn.client_id], disconnect=CONNECTION_LIMIT)
         log.debug("client %s connected as user %r with %d channels", conn.client_id, user, len(subs))
@@ -485,7 +489,7 @@ class Sessions:
         conn.user = user
         conn.info = creds.info if creds is not None else None
         conn.expire_at = expire_at
-        conn.session = str(uuid.uuid4())
+        conn.session = new_id()
         conn.state = CONNECTED
         self.hub.add_user(conn)
         # With a refresh proxy the server refreshes: the client is told no expiry (04 §6.3).
@@ -503,7 +507,7 @@ class Sessions:
                     state.track(channel, sub.epoch, sub.offset)
             self.hub.cursors[conn] = state
             push = with_cursor(push, state.tail())
-        self.fanout.enqueue(conn, codec.frame_text(push))
+        self.fanout.enqueue(conn, frame_text(push))      # _fastpath's: one allocation
 
     def _catch_up(self, conn: Conn, channel: str, sub: Subscription, buffered: Buffered) -> bool:
         """Deliver what arrived while the position was read; a gap, an epoch change or another
@@ -522,9 +526,7 @@ class Sessions:
             return False
         return True
 
-    async def _subscribe_result(self, channel: str, sub: Subscription, hint: SubHint | None) -> bytes:
-        if not sub.positioned:
-            return codec.subscribe_result(data=sub.data)
+    async def _positioned_result(self, channel: str, sub: Subscription, hint: SubHint | None) -> bytes:
         engine = self.node.engine
         if sub.recover and hint is not None and (type(hint) is CursorEntry or hint.recover):
             return await self._recover(channel, sub, hint)

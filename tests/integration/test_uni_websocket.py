@@ -303,3 +303,20 @@ def test_no_tracebacks_after_bad_inputs(start_server):
     client, push = connect_push(server)
     assert push["type"] == 6
     assert "Traceback" not in server.log()
+
+
+def test_the_101_answer_is_exact_and_a_malformed_key_is_refused(start_server):
+    """RFC 6455 §1.3's sample key; a key that is not 16 bytes of base64 gets a 400 (picows's check)."""
+    server = start_server()
+    for key, answer in (("dGhlIHNhbXBsZSBub25jZQ==",
+                         b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+                         b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"),
+                        ("c2hvcnQ=", b"HTTP/1.1 400 ")):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall((f"GET /connection/uni_websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                          ).encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(4096)
+            assert head.startswith(answer) if answer.endswith(b" ") else head == answer
