@@ -85,6 +85,9 @@ class Node:
         # An engine that may answer later: pipelined API requests then wait for the one before
         # to dispatch all its commands, so publications keep request order (api.py).
         self.pipelined = not isinstance(self.engine, MemoryEngine)
+        # Engines holding every publication in this node need no subscription per channel (a
+        # connect storm would otherwise run a no-op coroutine for each personal channel).
+        self._subscribes = not isinstance(self.engine, (MemoryEngine, ShardedEngine))
         self.sessions = Sessions(self)
         self.conns = self.sessions.conns
 
@@ -213,6 +216,8 @@ class Node:
     # -- broker subscriptions (the hub's first and last subscriber of a channel) ------------------
 
     def _first_subscriber(self, channel: str) -> None:
+        if not self._subscribes:
+            return
         try:
             waiting = run_eager(self.engine.subscribe(channel))
         except Exception:
@@ -229,7 +234,8 @@ class Node:
             log.warning("subscribing to %.80r failed: %s", channel, done.exception())
 
     def _last_subscriber(self, channel: str) -> None:
-        self.engine.unsubscribe(channel)
+        if self._subscribes:
+            self.engine.unsubscribe(channel)
 
     async def receiving(self, channels: Iterable[str]) -> None:
         """Wait until the engine delivers these channels' publications here (a broker
