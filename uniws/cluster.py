@@ -46,6 +46,10 @@ log = logging.getLogger("uniws.cluster")
 _PUB = struct.Struct("<QHHIHI")
 _PUB_UNPACK = _PUB.unpack_from
 _PUB_PACK = _PUB.pack
+_FWD = struct.Struct("<IIHI")        # U: barrier id, index (as every post), len(channel), len(tags)
+_FWD_PACK = struct.Struct("<HI").pack
+_FWD_UNPACK = _FWD.unpack_from
+_FWD_START = 1 + _FWD.size
 _PUB_START = 1 + _PUB.size
 _CMD = struct.Struct("<I")
 _PUB_ITEM = struct.Struct("<QII")
@@ -165,17 +169,43 @@ class Cluster:
         self._check_size(channel, data, tags)
         return self.local.publish_now(channel, data, opts, skip_history=skip_history, tags=tags)
 
-    def publish_here(self, channel: str, data: bytes, tags: dict[str, str] | None) -> None:
-        """A publication to a channel without history: no stream, so no owner to sequence it.
-        The worker that takes it sends it to every other worker and delivers it here (one bus
-        message instead of a post to the owner and its broadcast back). Refused (error 100,
-        nothing done) when it would not fit the bus."""
+    def publish_unstored(self, channel: str, data: bytes, tags: dict[str, str] | None) -> asyncio.Future | None:
+        """A publication kept in no history (a channel without it, or skip_history): its owner
+        still sends it to every worker, so every subscriber sees a channel's publications in one
+        order. Owned here: sent and delivered now (None). Otherwise a U message, posted to the
+        owner: the future is done when the owner has served it (the turn's barrier) or fails
+        with the owner's refusal. Refused (error 100, nothing sent) when it would not fit the bus."""
         self._check_size(channel, data, tags)
+        owner = owner_of(channel, self.count)
+        if owner == self.index:
+            self._send_unstored(channel, data, tags)
+            return None
+        ch, tags_json = channel.encode(), _tags_bytes(tags)
+        return self.rpc.post_message(owner, b"U", b"".join((_FWD_PACK(len(ch), len(tags_json)), ch, tags_json, data)))
+
+    def _send_unstored(self, channel: str, data: bytes, tags: dict[str, str] | None) -> None:
+        """The owner's broadcast of an unstored publication, and its delivery here."""
         ch, tags_json = channel.encode(), _tags_bytes(tags)
         self.sequenced += 1
         self.bus.broadcast(b"".join((b"P", _PUB_PACK(0, len(ch), 0, len(tags_json), 0, 0), ch, tags_json, data)))
         if channel in self.wanted:            # a subscriber here (most channels have one, on one worker)
             self.deliver(channel, Publication(data, 0, tags or None), "")
+
+    def _serve_unstored(self, sender: int, message: bytes) -> None:
+        """A U message: publish for the worker that took the call, unless this owner's rules
+        refuse the channel (a reload racing it), which is that command's error alone."""
+        barrier_id, index, n_ch, n_tags = _FWD_UNPACK(message, 1)
+        pos = _FWD_START + n_ch
+        try:
+            channel = message[_FWD_START:pos].decode()
+            tags = orjson.loads(message[pos:pos + n_tags]) if n_tags else None
+            self.node.channel_options(channel)
+            self._send_unstored(channel, message[pos + n_tags:], tags)
+        except ApiError as exc:
+            self.rpc.failed(sender, barrier_id, index, exc.code)
+        except Exception:
+            log.exception("publication from worker %d failed", sender)
+            self.rpc.failed(sender, barrier_id, index, 100)
 
     def _check_size(self, channel: str, data: bytes, tags: dict[str, str] | None) -> None:
         size = 1 + _PUB.size + 4 * len(channel) + _EPOCH_ROOM + len(data)    # a bound: no encoding
@@ -241,6 +271,8 @@ class Cluster:
                     self.deliver(channel, pub, epoch)
                 if mine:
                     self.rpc.resolve(request_id, [offset, epoch])
+        elif kind == 0x55:                    # U: an unstored publication to a channel owned here
+            self._serve_unstored(sender, message)
         elif kind == REQUEST or kind == POST:
             self.rpc.on_request(sender, message)
         elif kind == ANSWER or kind == FAILED:

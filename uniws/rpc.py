@@ -14,7 +14,8 @@ Wire format (each a bus message, one kind byte first):
   Q  post     <III>  barrier id, index in the barrier's turn, len(json) + json + raw tail
   A  answer   <IBI>  request id, status (0 ok, else the API error code), len(json) + json + raw tail
   F  failed   <IIB>  barrier id, index, status: the answer to a post that failed
-A turn's posts to one worker share the id of the barrier that follows them, so a post
+Other posted kinds (`post_message`, e.g. cluster.py's U) start with the same <II> barrier id
+and index and are answered the same way. A turn's posts to one worker share the id of the barrier that follows them, so a post
 costs no id and no table entry of its own.
 """
 
@@ -40,6 +41,8 @@ ANSWER = 0x41       # A
 FAILED = 0x46       # F
 _REQ = struct.Struct("<II")
 _POST = struct.Struct("<III")
+_POSTED = struct.Struct("<II")      # the head every posted kind starts with: barrier id, index
+_LEN = struct.Struct("<I")
 _ANS = struct.Struct("<IBI")
 _FAILED = struct.Struct("<IIB")
 REQUEST_TIMEOUT = 5.0
@@ -73,12 +76,9 @@ class Rpc:
         self._timeouts: collections.deque[tuple[float, int]] = collections.deque()   # FIFO: one timeout
         self._turn: dict[int, tuple[int, list]] = {}   # worker -> (barrier id, futures of this turn's posts)
         self._barriers: dict[int, list] = {}           # barrier id -> futures of the posts it confirms
-        self._everywhere: asyncio.Future | None = None  # this turn's `everywhere()` future, if asked for
-        self.count = 0                                 # workers on the bus (attach)
 
     def attach(self, bus) -> None:
         self.bus = bus
-        self.count = len(bus.peers) + 1
         bus.before_flush = self._send_barriers
 
     def _new_id(self) -> int:
@@ -110,10 +110,15 @@ class Rpc:
     def post(self, worker: int, op: str, args: dict, tail: bytes = b"") -> asyncio.Future:
         """Send a request answered only if it fails; its future is done (result `posted`) when
         this turn's barrier to `worker` is answered, or fails with the worker's error."""
+        body = orjson.dumps({"op": op, **args})
+        return self.post_message(worker, b"Q", _LEN.pack(len(body)) + body + tail)
+
+    def post_message(self, worker: int, kind: bytes, body: bytes) -> asyncio.Future:
+        """`post` of a message of the caller's own kind: `kind`, <II> barrier id and index, `body`;
+        the worker serving it answers a failure with `failed()`."""
         turn = self._turn.get(worker)
         barrier_id, index = (turn[0], len(turn[1])) if turn is not None else (self._new_id(), 0)
-        body = orjson.dumps({"op": op, **args})
-        self._send(worker, b"Q" + _POST.pack(barrier_id, index, len(body)) + body + tail)
+        self._send(worker, kind + _POSTED.pack(barrier_id, index) + body)
         future = self.loop.create_future()
         if turn is None:
             self._turn[worker] = (barrier_id, [future])
@@ -121,27 +126,8 @@ class Rpc:
             turn[1].append(future)
         return future
 
-    def everywhere(self) -> asyncio.Future:
-        """A future done (result `posted`) when every other worker has read what this worker
-        sent in this turn: one future shared by all who ask in a turn, so a batch of broadcast
-        publications costs one barrier per worker and turn, and no future each."""
-        if self._everywhere is None:
-            self._everywhere = self.loop.create_future()
-            self.bus.schedule()              # the barriers go out at the flush
-        return self._everywhere
-
     def _send_barriers(self) -> None:
-        """Bus flush hook: close this turn's posts to each worker with one barrier request
-        (to every worker when `everywhere()` was asked for)."""
-        everywhere, self._everywhere = self._everywhere, None
-        if everywhere is not None:
-            confirm = _AllOf(everywhere, self.bus.peers, self.posted)
-            for worker in self.bus.peers:
-                turn = self._turn.get(worker)
-                if turn is None:
-                    self._turn[worker] = (self._new_id(), [confirm])
-                else:
-                    turn[1].append(confirm)      # after the posts: a post's index stays its place
+        """Bus flush hook: close this turn's posts to each worker with one barrier request."""
         if not self._turn:
             return
         turn, self._turn = self._turn, {}
@@ -181,9 +167,13 @@ class Rpc:
             log.exception("%s %s from worker %d failed", "post" if post else "request", args.get("op"), sender)
             status = 100
         if post:
-            self.bus.send(sender, b"F" + _FAILED.pack(fields[0], fields[1], status))
+            self.failed(sender, fields[0], fields[1], status)
         else:
             self.answer(sender, fields[0], status, result, out_tail)
+
+    def failed(self, worker: int, barrier_id: int, index: int, status: int) -> None:
+        """Answer a post (of any kind) that failed with an API error code."""
+        self.bus.send(worker, b"F" + _FAILED.pack(barrier_id, index, status))
 
     def _answer_done(self, sender: int, request_id: int, args: dict, done: asyncio.Future) -> None:
         status, result, tail = 0, None, b""
@@ -249,26 +239,3 @@ class Rpc:
     def stats(self) -> dict:
         return {"requests_waiting": len(self._waiting)}
 
-
-class _AllOf:
-    """Stands in a barrier's list of futures for `everywhere()`: settles the shared future
-    once every worker's barrier is answered (or at the first failure)."""
-
-    __slots__ = ("future", "left", "result")
-
-    def __init__(self, future: asyncio.Future, workers: list[int], result: Any) -> None:
-        self.future = future
-        self.left = len(workers)
-        self.result = result
-
-    def done(self) -> bool:
-        return self.future.done()
-
-    def set_result(self, _result: Any) -> None:
-        self.left -= 1
-        if self.left == 0 and not self.future.done():
-            self.future.set_result(self.result)
-
-    def set_exception(self, exc: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)

@@ -84,3 +84,31 @@ def test_publication_refused_by_its_owner_is_an_error_not_a_success(start_server
     # The watcher was sent nothing for the refused publications before its disconnect.
     assert [json.loads(m).get("type") for m in watcher.until_closed(timeout=10)] == [7]
     assert "Traceback" not in server.log()
+
+
+def test_every_subscriber_sees_a_channels_publications_in_one_order(start_server):
+    """Publications with no history, taken concurrently by both workers (eight API connections
+    at once), reach a subscriber on each worker in the same order: the channel's owner sends
+    them all, so there is one order per channel even without offsets."""
+    import threading
+
+    server = start_server({"workers": 2})
+    channel = "order"
+    watchers = [_client_on_worker(server, w, f"w{w}", channel) for w in (0, 1)]
+    sent = 8 * 25
+
+    def publisher(k: int) -> None:
+        session = requests.Session()            # one connection each; the kernel picks its worker
+        for batch in range(5):
+            body = "\n".join(json.dumps(publish(channel, f"{k}-{batch}-{i}")) for i in range(5))
+            r = session.post(server.base + "/api", data=body, headers={"Authorization": "apikey apikey"},
+                             timeout=30)
+            assert r.status_code == 200 and r.text.count('"result"') == 5, r.text
+
+    threads = [threading.Thread(target=publisher, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seen = [[w.recv_json()["data"]["data"]["n"] for _ in range(sent)] for w in watchers]
+    assert len(set(seen[0])) == sent and seen[0] == seen[1]

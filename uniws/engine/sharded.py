@@ -1,9 +1,9 @@
 """The memory engine over a node's workers: each channel's stream lives on its owner worker.
 
 A call for a channel owned here goes to this worker's `MemoryEngine`; otherwise it is
-a request (or, for a publish with skip_history, a post) to the owner over the bus
-(`cluster.Cluster`, `rpc.Rpc`). A channel without history has no stream and so no
-owner: its publications go from the worker that takes them to every worker. Presence stays where the connections are: each
+a request to the owner over the bus (`cluster.Cluster`, `rpc.Rpc`); a publication kept in
+no history is posted to the owner (a U message), which sends it to every worker, so a
+channel's publications reach every subscriber in one order. Presence stays where the connections are: each
 worker's memory engine holds its own connections' entries, and a read asks every
 worker. Everything sent to an owner is sent before the call returns, so calls reach it
 in call order. There are no other nodes.
@@ -18,7 +18,7 @@ import orjson
 
 from ..cluster import decode_pubs
 from ..errors import ApiError
-from .base import OneNode, Publication, done_future, failed_future
+from .base import NO_POSITION, OneNode, Publication, done_future, failed_future
 from .memory import MemoryEngine, presence_counts
 
 
@@ -37,6 +37,7 @@ class ShardedEngine(OneNode):
         self.cluster = cluster
         self.local: MemoryEngine = cluster.local
         self.loop = self._loop = cluster.node.loop
+        self._unstored = done_future(self.loop, NO_POSITION)   # what every unstored publish owned here answers
 
     def _remote(self, channel: str) -> int | None:
         owner = self.cluster.owner(channel)
@@ -44,12 +45,11 @@ class ShardedEngine(OneNode):
 
     def publish(self, channel, data, opts, *, skip_history=False, tags=None) -> asyncio.Future:
         try:
-            if not opts.history_enabled:
-                # No stream to sequence it: sent from here to every worker, answered once all
-                # have read it (so a publish answered here is never overtaken by a later one
-                # taken by another worker).
-                self.cluster.publish_here(channel, data, tags)
-                return self.cluster.rpc.everywhere()
+            if skip_history or not opts.history_enabled:
+                # No position to answer with: sent by the owner (a post when it is another
+                # worker: one barrier per owner and loop turn confirms a whole batch).
+                forwarded = self.cluster.publish_unstored(channel, data, tags)
+                return self._unstored if forwarded is None else forwarded
             owner = self._remote(channel)
             if owner is None:
                 position = self.cluster.publish_local(channel, data, opts, skip_history=skip_history, tags=tags)
@@ -58,10 +58,6 @@ class ShardedEngine(OneNode):
             # publish decided (it still refuses a channel its own rules do not allow).
             args = {"channel": channel, "skip_history": skip_history, "tags": tags,
                     "history": [opts.history_size, opts.history_ttl]}
-            if skip_history:
-                # No position to answer with: post it, and wait only for the turn's barrier, so a
-                # batch to history-less channels costs one answer per owner instead of one each.
-                return self.cluster.rpc.post(owner, "publish", args, data)
             return self.cluster.request(owner, "publish", args, data, _position)
         except ApiError as exc:
             return failed_future(self.loop, exc)
