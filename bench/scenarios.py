@@ -165,7 +165,7 @@ def _fanout_run(name, args, clients, conns, rates, progress, base, rep) -> dict:
             count = max(2, round(rate * duration))
             text = f"{label} rate {fmt(rate)}/s"
             lg.reset()
-            srv0, window = s.cpu_s(), _cpu_window()
+            srv0, window = s.cpu_s(), _cpu_window(s)
             pub = gen.publish(s.api_port, proto=s.api_proto, rate=rate, count=count, batch=args.batch,
                               inflight=args.pub_inflight, pad=args.pad, max_seconds=int(duration * 5 + 30),
                               on_tick=lambda t: progress.update(base + 1 + n + min(t / duration, 1) * .8, text))
@@ -344,7 +344,7 @@ def connect(args) -> None:
 
 def _connect_run(name, args, clients, conns, progress, label, rep, done) -> dict:
     with _server(name, args, personal=args.personal) as s:
-        srv0, window = s.cpu_s(), _cpu_window()
+        srv0, window = s.cpu_s(), _cpu_window(s)
         with _loadgen(s, conns, clients, args, inflight=args.inflight, connect_timeout=30) as lg:
             ready = lg.wait_ready(lambda m: progress.update(done + m["ready"] / clients,
                                                             f"{label} {m['ready']}/{clients}"))
