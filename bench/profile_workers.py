@@ -4,7 +4,9 @@ Starts uniws (`--workers`, the bench config), drives `connect` (a storm of `--cl
 connects, personal channel on) or `channels` (one publication to each of `--clients` channels,
 `--rounds` times), records every worker with `py-spy record --native -f raw` for the whole
 workload, and prints each function's share of the samples: self (innermost frame) and
-inclusive. Raw files stay in `--out` for flame graphs. Needs py-spy (pip install py-spy).
+inclusive, and each worker's user and system CPU per operation (connect or publication) from
+/proc. Raw files stay in `--out` for flame graphs. Needs py-spy (pip install py-spy);
+`--no-profile` measures the CPU split alone, without py-spy's sampling cost.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--no-profile", action="store_true", help="only the per-worker CPU split")
     args = p.parse_args()
-    if not shutil.which("py-spy"):
+    if not args.no_profile and not shutil.which("py-spy"):
         sys.exit("py-spy is not installed (pip install py-spy)")
     gen.build()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -69,22 +72,32 @@ def main() -> None:
             if not personal:
                 lg.wait_ready(lambda m: None)
                 lg.reset()
-            spies = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", str(args.rate), "--native",
-                                       "-f", "raw", "-o", str(path)], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL) for pid, path in zip(workers, paths)]
-            time.sleep(1.0)                      # py-spy attaches
+            spies = [] if args.no_profile else [
+                subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", str(args.rate), "--native", "-f", "raw",
+                                  "-o", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for pid, path in zip(workers, paths)]
+            if spies:
+                time.sleep(1.0)                  # py-spy attaches
+            before = [servers.proc_cpu_split(pid) for pid in workers]
             if personal:
-                lg.wait_ready(lambda m: None)
+                operations = lg.wait_ready(lambda m: None)["ready"]
             else:
-                gen.publish(server.api_port, proto=server.api_proto, rate=0, count=args.clients * args.rounds,
-                            channel="c", nchan=args.clients, batch=1000, inflight=2, pad=60)
+                operations = gen.publish(server.api_port, proto=server.api_proto, rate=0,
+                                         count=args.clients * args.rounds, channel="c", nchan=args.clients,
+                                         batch=1000, inflight=2, pad=60)["acked"]
                 lg.wait(args.rounds, timeout_s=120, idle_s=3)
+            after = [servers.proc_cpu_split(pid) for pid in workers]
             for spy in spies:
                 spy.send_signal(2)               # SIGINT: py-spy writes its file and exits
             for spy in spies:
                 spy.wait(timeout=30)
-    print(f"raw profiles: {', '.join(map(str, paths))}")
-    print(summarize([path for path in paths if path.exists()], args.top))
+    unit = "connect" if personal else "publication"
+    for i, (b, a) in enumerate(zip(before, after)):
+        print(f"worker {i}: {(a[0] - b[0]) / operations * 1e6:.2f} us user + {(a[1] - b[1]) / operations * 1e6:.2f} "
+              f"us system per {unit}" + (" (with py-spy attached)" if spies else ""))
+    if spies:
+        print(f"raw profiles: {', '.join(map(str, paths))}")
+        print(summarize([path for path in paths if path.exists()], args.top))
 
 
 if __name__ == "__main__":
