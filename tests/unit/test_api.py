@@ -12,7 +12,10 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from uniws import api as api_module
 from uniws.api import Api
 from uniws.errors import ApiError, Disconnect
 from uniws.globmatch import compile_glob
@@ -886,10 +889,6 @@ def test_vectors_against_stand_in_node() -> None:
 
 # -- the plain-publish fast path decodes exactly as the general decoder ---------------------
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from uniws import api as api_module  # noqa: E402
 
 _json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
                             | st.text(max_size=5),

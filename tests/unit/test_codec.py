@@ -1,6 +1,8 @@
 """Push encoding vectors (spec 02 §C, 03 §7), for the pure encoder and the Cython fast path."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from uniws import _fastpath, codec
 
@@ -92,9 +94,6 @@ def test_cython_pub_frame_matches_pure_encoder(v2, channel, data, offset, tags):
     got = _fastpath.pub_frame(v2, codec.json_string(channel), data, offset, codec.tags_object(tags))
     assert got == expected
 
-
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @given(st.one_of(st.text(), st.text(alphabet=st.characters(max_codepoint=0x7F)),
