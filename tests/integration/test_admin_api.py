@@ -53,7 +53,7 @@ def test_admin_tokens_are_signed_with_the_secret(start_server):
     server = start_server(ADMIN)
     token = _login(server, "pw").json()["token"]
     stamp, signature = token.split(".")
-    for forged in (make_token("other secret"), f"{int(stamp) + 1}.{signature}", f"{stamp}.{signature[:-1]}0",
+    for forged in (make_token("other secret"), f"{int(stamp) + 1}.{signature}", f"{stamp}.{signature[:-1]}{'1' if signature[-1] == '0' else '0'}",
                    make_token("s", now=int(stamp) - 31 * 24 * 3600)):
         assert _admin_api(server, headers={"Authorization": f"token {forged}"}).status_code == 401, forged
     assert _admin_api(server, headers={"Authorization": f"token {make_token('s')}"}).status_code == 200
