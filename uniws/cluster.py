@@ -62,9 +62,7 @@ class Worker(Protocol):
 
     loop: asyncio.AbstractEventLoop
 
-    def interested(self, channel: str) -> bool: ...
-
-    wanted: Container[str]                                  # `channel in wanted` = interested(channel)
+    wanted: Container[str]             # channels someone on this worker receives (the hub's count)
 
     def handle_publication(self, channel: str, pub: Publication, epoch: str) -> None: ...
 
@@ -93,9 +91,15 @@ def _tags_bytes(tags: dict[str, str] | None) -> bytes:
 
 
 def encode_pub(channel: str, epoch: str, pub: Publication, requester: int = -1, request_id: int = 0) -> bytes:
-    ch, ep, tags = channel.encode(), epoch.encode(), _tags_bytes(pub.tags)
-    head = _PUB.pack(pub.offset, len(ch), len(ep), len(tags), requester + 1, request_id)
-    return b"P" + head + ch + ep + tags + pub.data
+    return pub_message(channel, pub.data, pub.tags, pub.offset, epoch, requester, request_id)
+
+
+def pub_message(channel: str, data: bytes, tags: dict[str, str] | None, offset: int = 0, epoch: str = "",
+                requester: int = -1, request_id: int = 0) -> bytes:
+    """A P message: what every worker decodes in `Cluster.on_bus_message`."""
+    ch, ep, tags_json = channel.encode(), epoch.encode(), _tags_bytes(tags)
+    head = _PUB_PACK(offset, len(ch), len(ep), len(tags_json), requester + 1, request_id)
+    return b"".join((b"P", head, ch, ep, tags_json, data))
 
 
 def encode_pubs(pubs: list[Publication]) -> bytes:
@@ -162,12 +166,11 @@ class Cluster:
 
     # -- the owner's publish and broadcast ---------------------------------------------------
 
-    def publish_local(self, channel: str, data: bytes, opts, *, skip_history: bool,
-                      tags: dict[str, str] | None) -> tuple[int, str]:
-        """Publish a channel owned here: refused (error 100, nothing done) when its broadcast
+    def publish_local(self, channel: str, data: bytes, opts, tags: dict[str, str] | None) -> tuple[int, str]:
+        """Publish into a stream owned here: refused (error 100, nothing done) when its broadcast
         would not fit the bus, so no worker delivers what another cannot."""
         self._check_size(channel, data, tags)
-        return self.local.publish_now(channel, data, opts, skip_history=skip_history, tags=tags)
+        return self.local.publish_now(channel, data, opts, tags=tags)
 
     def publish_unstored(self, channel: str, data: bytes, tags: dict[str, str] | None) -> asyncio.Future | None:
         """A publication kept in no history (a channel without it, or skip_history): its owner
@@ -185,9 +188,8 @@ class Cluster:
 
     def _send_unstored(self, channel: str, data: bytes, tags: dict[str, str] | None) -> None:
         """The owner's broadcast of an unstored publication, and its delivery here."""
-        ch, tags_json = channel.encode(), _tags_bytes(tags)
         self.sequenced += 1
-        self.bus.broadcast(b"".join((b"P", _PUB_PACK(0, len(ch), 0, len(tags_json), 0, 0), ch, tags_json, data)))
+        self.bus.broadcast(pub_message(channel, data, tags))
         if channel in self.wanted:            # a subscriber here (most channels have one, on one worker)
             self.deliver(channel, Publication(data, 0, tags or None), "")
 
@@ -281,7 +283,7 @@ class Cluster:
             join, n_ch = _JOIN_LEAVE.unpack_from(message, 1)
             start = 1 + _JOIN_LEAVE.size
             channel = message[start:start + n_ch].decode("utf-8", "surrogatepass")
-            if self.node.interested(channel):
+            if channel in self.wanted:
                 self.node.handle_join_leave(channel, bool(join), message[start + n_ch:])
         elif kind == 0x43:                    # C
             _, args, tail = split(message, _CMD)
@@ -333,8 +335,7 @@ class Cluster:
     async def _op_publish(self, args: dict, data: bytes) -> tuple[Any, bytes]:
         self.node.channel_options(args["channel"])           # refused here too (error 102)
         opts = _stream_options(*args["history"])
-        offset, epoch = self.publish_local(args["channel"], data, opts, skip_history=args["skip_history"],
-                                           tags=args.get("tags"))
+        offset, epoch = self.publish_local(args["channel"], data, opts, args.get("tags"))
         return [offset, epoch], b""
 
     async def _op_stream_top(self, args: dict, _tail: bytes) -> tuple[Any, bytes]:

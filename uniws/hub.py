@@ -217,10 +217,6 @@ class Hub:
                 self.pending.pop(channel, None)
         return buffered
 
-    def interested(self, channel: str) -> bool:
-        """Whether a publication on `channel` has anyone to reach on this worker."""
-        return channel in self.wanted
-
     def wanted_channels(self) -> list[str]:
         return list(self.wanted)
 
@@ -270,8 +266,8 @@ class Hub:
         if not subscribers and not subscribers_v2:
             return
         channel_json = json_str(channel)
-        tags = codec.tags_object(pub.tags) if pub.tags else None
-        data = pub.data if b"\n" not in pub.data else codec.raw(pub.data)
+        tags = codec.tags_object(pub.tags)
+        data = codec.raw(pub.data)
         if subscribers:
             self.fanout.deliver(subscribers, pub_frame(False, channel_json, data, pub.offset, tags))
         if subscribers_v2:

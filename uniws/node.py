@@ -78,7 +78,6 @@ class Node:
         # The engine calls these on every publication: bound straight to the hub.
         self.handle_publication = self.hub.handle_publication
         self.handle_join_leave = self.hub.handle_join_leave
-        self.interested = self.hub.interested
         self.wanted = self.hub.wanted
         self.cluster: Cluster | None = None
         self.engine = self._make_engine(index, count)

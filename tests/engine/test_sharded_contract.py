@@ -27,9 +27,6 @@ class Worker:
         self.handler = handler
         self.tasks: set = set()
 
-    def interested(self, channel: str) -> bool:
-        return True
-
     class _Everything:
         def __contains__(self, channel: str) -> bool:
             return True

@@ -191,7 +191,7 @@ class BrokerRelay:
         except MessageTooLarge as exc:
             log.error("publication on %.80r not relayed to the other workers: %s", channel, exc)
             self._gap_everywhere([channel])
-        if self.node.interested(channel):
+        if channel in self.node.wanted:
             self.node.handle_publication(channel, pub, epoch)
 
     def handle_join_leave(self, channel: str, join: bool, info: bytes) -> None:

@@ -52,12 +52,11 @@ class ShardedEngine(OneNode):
                 return self._unstored if forwarded is None else forwarded
             owner = self._remote(channel)
             if owner is None:
-                position = self.cluster.publish_local(channel, data, opts, skip_history=skip_history, tags=tags)
+                position = self.cluster.publish_local(channel, data, opts, tags)
                 return done_future(self.loop, position)
             # The stream options travel with it: the owner stores as the worker that took the
             # publish decided (it still refuses a channel its own rules do not allow).
-            args = {"channel": channel, "skip_history": skip_history, "tags": tags,
-                    "history": [opts.history_size, opts.history_ttl]}
+            args = {"channel": channel, "tags": tags, "history": [opts.history_size, opts.history_ttl]}
             return self.cluster.request(owner, "publish", args, data, _position)
         except ApiError as exc:
             return failed_future(self.loop, exc)
